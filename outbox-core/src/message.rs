@@ -1,0 +1,210 @@
+//! The message a service writes to the outbox.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::headers;
+
+/// The content type of payloads built with [`MessageBuilder::json`].
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+
+/// Longest topic name Kafka accepts.
+const MAX_TOPIC_LEN: usize = 249;
+
+/// One event to publish: what the service writes to the outbox inside its transaction.
+///
+/// Build one with [`Message::builder`]. The id is a UUIDv7 (time-ordered) unless set explicitly; it
+/// travels as the `ce_id` header and is what inboxes deduplicate on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Unique id of the message; consumers deduplicate on it.
+    pub id: Uuid,
+    /// Kafka topic the message is published to.
+    pub topic: String,
+    /// Ordering and partitioning key. Messages with the same key are published in enqueue order.
+    pub key: Option<Vec<u8>>,
+    /// CloudEvents `type`, e.g. `OrderPlaced`.
+    pub event_type: Option<String>,
+    /// CloudEvents `source`, e.g. `/orders-service`.
+    pub source: Option<String>,
+    /// MIME type of the payload.
+    pub content_type: String,
+    /// The payload bytes, published as the record value.
+    pub payload: Vec<u8>,
+    /// User headers, published as Kafka headers next to the CloudEvents ones.
+    pub headers: BTreeMap<String, String>,
+    /// When the message was built.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Message {
+    /// Starts a message for `topic`.
+    pub fn builder(topic: impl Into<String>) -> MessageBuilder {
+        MessageBuilder {
+            id: None,
+            topic: topic.into(),
+            key: None,
+            event_type: None,
+            source: None,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+/// Builds a [`Message`]; finish with [`json`](Self::json) or [`bytes`](Self::bytes).
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until json() or bytes() is called"]
+pub struct MessageBuilder {
+    id: Option<Uuid>,
+    topic: String,
+    key: Option<Vec<u8>>,
+    event_type: Option<String>,
+    source: Option<String>,
+    headers: BTreeMap<String, String>,
+}
+
+impl MessageBuilder {
+    /// Sets the ordering key (the Kafka record key). Default: none, which spreads messages evenly and
+    /// gives them no order relative to each other.
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the message id. Default: a fresh UUIDv7. Set it to make retries of the same business
+    /// operation produce the same id, so inboxes treat them as one.
+    pub fn id(mut self, id: Uuid) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// Sets the CloudEvents `type` (published as `ce_type`). Default: none.
+    pub fn event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_type = Some(event_type.into());
+        self
+    }
+
+    /// Sets the CloudEvents `source` (published as `ce_source`). Default: none.
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Adds a user header. Names the relay writes itself (`ce_*`, `content-type`) are refused when the
+    /// message is built.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Finishes the message with `value` serialized as JSON.
+    ///
+    /// # Errors
+    /// [`Error::Serialize`] when `value` cannot be serialized, [`Error::InvalidMessage`] when the
+    /// topic or a header name is invalid.
+    pub fn json<T: Serialize + ?Sized>(self, value: &T) -> Result<Message, Error> {
+        let payload = serde_json::to_vec(value).map_err(Error::Serialize)?;
+        self.bytes(payload, JSON_CONTENT_TYPE)
+    }
+
+    /// Finishes the message with raw payload bytes of the given content type.
+    ///
+    /// # Errors
+    /// [`Error::InvalidMessage`] when the topic, content type or a header name is invalid.
+    pub fn bytes(
+        self,
+        payload: impl Into<Vec<u8>>,
+        content_type: impl Into<String>,
+    ) -> Result<Message, Error> {
+        validate_topic(&self.topic)?;
+        let content_type = content_type.into();
+        if content_type.trim().is_empty() {
+            return Err(Error::InvalidMessage("content type is empty".into()));
+        }
+        for name in self.headers.keys() {
+            if headers::is_reserved(name) {
+                return Err(Error::InvalidMessage(format!(
+                    "header `{name}` is reserved: the relay sets it from the message's own fields"
+                )));
+            }
+            if name.is_empty() {
+                return Err(Error::InvalidMessage("a header name is empty".into()));
+            }
+        }
+        Ok(Message {
+            id: self.id.unwrap_or_else(Uuid::now_v7),
+            topic: self.topic,
+            key: self.key,
+            event_type: self.event_type,
+            source: self.source,
+            content_type,
+            payload: payload.into(),
+            headers: self.headers,
+            created_at: Utc::now(),
+        })
+    }
+}
+
+/// Checks a topic name against Kafka's rules: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+///
+/// # Errors
+/// [`Error::InvalidMessage`] naming the rule that was broken.
+pub fn validate_topic(topic: &str) -> Result<(), Error> {
+    if topic.is_empty() {
+        return Err(Error::InvalidMessage("topic is empty".into()));
+    }
+    if topic.len() > MAX_TOPIC_LEN {
+        return Err(Error::InvalidMessage(format!(
+            "topic is {} characters long; Kafka allows at most {MAX_TOPIC_LEN}",
+            topic.len()
+        )));
+    }
+    if topic == "." || topic == ".." {
+        return Err(Error::InvalidMessage(format!("topic `{topic}` is not allowed")));
+    }
+    if let Some(bad) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(Error::InvalidMessage(format!(
+            "topic `{topic}` contains `{bad}`; Kafka allows only letters, digits, `.`, `_` and `-`"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_messages_carry_payload_key_and_fresh_v7_ids() {
+        let a = Message::builder("orders")
+            .key("order-1")
+            .event_type("OrderPlaced")
+            .json(&serde_json::json!({"total": 42}))
+            .expect("valid message");
+        let b = Message::builder("orders").bytes(b"x".to_vec(), "text/plain").expect("valid");
+        assert_eq!(a.payload, br#"{"total":42}"#);
+        assert_eq!(a.content_type, JSON_CONTENT_TYPE);
+        assert_eq!(a.key.as_deref(), Some(&b"order-1"[..]));
+        assert_eq!(a.id.get_version_num(), 7);
+        assert!(a.id < b.id, "v7 ids grow with time");
+    }
+
+    #[test]
+    fn invalid_topics_and_reserved_headers_are_refused() {
+        for topic in ["", ".", "has space", "ümlaut", &"x".repeat(250)] {
+            let err = Message::builder(topic).bytes(vec![], "a/b").expect_err(topic);
+            assert!(matches!(err, Error::InvalidMessage(_)), "{topic}: {err}");
+        }
+        let err = Message::builder("t").header("ce_id", "x").bytes(vec![], "a/b").expect_err("ce_id");
+        assert!(err.to_string().contains("reserved"), "{err}");
+        let err = Message::builder("t").bytes(vec![], " ").expect_err("content type");
+        assert!(err.to_string().contains("content type"), "{err}");
+    }
+}

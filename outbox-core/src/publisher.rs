@@ -1,0 +1,77 @@
+//! The publishing side: the broker the relay hands messages to.
+
+use std::future::Future;
+
+use crate::error::BoxError;
+use crate::store::StoredMessage;
+
+/// Why a message could not be published, as far as the relay's next step is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishErrorKind {
+    /// The broker was unreachable, slow or briefly refused; trying again may succeed.
+    Transient,
+    /// The record is larger than the producer or the broker accepts.
+    MessageTooLarge,
+    /// The topic does not exist (and is not auto-created) or cannot take this record.
+    UnknownTopic,
+    /// The credentials do not allow writing to the topic.
+    Unauthorized,
+    /// The broker rejected the record for another reason that a retry will not change.
+    Rejected,
+}
+
+impl PublishErrorKind {
+    /// Whether the same record may succeed if sent again later.
+    pub fn is_retriable(self) -> bool {
+        matches!(self, Self::Transient)
+    }
+}
+
+/// A message the broker did not acknowledge, with the classified reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind:?} publish error")]
+pub struct PublishError {
+    kind: PublishErrorKind,
+    #[source]
+    source: BoxError,
+}
+
+impl PublishError {
+    /// Wraps the broker client's error with its classification.
+    pub fn new(kind: PublishErrorKind, source: impl Into<BoxError>) -> Self {
+        Self {
+            kind,
+            source: source.into(),
+        }
+    }
+
+    /// The classification that decides between retry and dead letter.
+    pub fn kind(&self) -> PublishErrorKind {
+        self.kind
+    }
+
+    /// Whether the same record may succeed if sent again later.
+    pub fn is_retriable(&self) -> bool {
+        self.kind.is_retriable()
+    }
+
+    /// A one-line description with the cause chain, as stored next to a failed message.
+    pub fn describe(&self) -> String {
+        format!("{:?}: {}", self.kind, crate::relay::error_chain(&*self.source))
+    }
+}
+
+/// Sends messages to the broker.
+///
+/// Implementations send the whole batch at once (they must not wait for one acknowledgement before
+/// sending the next message) and keep the batch's order per key: a message's successors with the same
+/// key are never acknowledged ahead of it unless it failed.
+pub trait Publisher: Send + Sync {
+    /// Publishes `batch` and waits until the broker acknowledged or refused every message. Returns one
+    /// outcome per message, in the batch's order.
+    fn publish(
+        &self,
+        batch: &[StoredMessage],
+    ) -> impl Future<Output = Vec<Result<(), PublishError>>> + Send;
+}

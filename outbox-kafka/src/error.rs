@@ -1,0 +1,92 @@
+//! Errors of the Kafka adapter.
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// Errors raised by the publisher and the inbox consumer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Kafka client could not be created or a Kafka call failed.
+    #[error("kafka error")]
+    Kafka(#[from] KafkaError),
+
+    /// The client configuration would break the delivery guarantee.
+    #[error("unsafe producer setting `{key}={value}`: {why}")]
+    UnsafeConfig {
+        /// The setting.
+        key: String,
+        /// Its value.
+        value: String,
+        /// Why the relay refuses it.
+        why: &'static str,
+    },
+
+    /// No broker answered within the timeout.
+    #[error("no Kafka broker answered at `{brokers}` within {timeout:?}")]
+    Unreachable {
+        /// The bootstrap servers.
+        brokers: String,
+        /// How long it waited.
+        timeout: std::time::Duration,
+        /// The last error.
+        #[source]
+        source: KafkaError,
+    },
+
+    /// A consumed record does not carry what the inbox needs (a `ce_id` header holding a UUID).
+    #[error("record {topic}/{partition}@{offset} has no usable ce_id header: {reason}")]
+    UndecodableRecord {
+        /// The record's topic.
+        topic: String,
+        /// The record's partition.
+        partition: i32,
+        /// The record's offset.
+        offset: i64,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The inbox (the database) failed.
+    #[error("inbox failed")]
+    Inbox(#[source] outbox_core::BoxError),
+}
+
+/// Classifies a produce error for the relay: retry, or dead letter.
+pub fn classify(error: &KafkaError) -> outbox_core::PublishErrorKind {
+    use RDKafkaErrorCode as C;
+    use outbox_core::PublishErrorKind as K;
+    match error.rdkafka_error_code() {
+        Some(C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidMessageSize) => K::MessageTooLarge,
+        Some(C::UnknownTopic | C::UnknownTopicOrPartition | C::InvalidTopic | C::UnknownTopicId) => {
+            K::UnknownTopic
+        }
+        Some(
+            C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::SaslAuthenticationFailed
+            | C::Authentication,
+        ) => K::Unauthorized,
+        Some(C::InvalidRecord | C::InvalidMessage | C::InvalidArgument | C::UnsupportedForMessageFormat) => {
+            K::Rejected
+        }
+        _ => K::Transient,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outbox_core::PublishErrorKind as K;
+
+    #[test]
+    fn produce_errors_are_classified() {
+        let produce = |code| KafkaError::MessageProduction(code);
+        assert_eq!(classify(&produce(RDKafkaErrorCode::MessageSizeTooLarge)), K::MessageTooLarge);
+        assert_eq!(classify(&produce(RDKafkaErrorCode::UnknownTopicOrPartition)), K::UnknownTopic);
+        assert_eq!(classify(&produce(RDKafkaErrorCode::TopicAuthorizationFailed)), K::Unauthorized);
+        assert_eq!(classify(&produce(RDKafkaErrorCode::InvalidRecord)), K::Rejected);
+        assert_eq!(classify(&produce(RDKafkaErrorCode::MessageTimedOut)), K::Transient);
+        assert_eq!(classify(&produce(RDKafkaErrorCode::AllBrokersDown)), K::Transient);
+        assert_eq!(classify(&produce(RDKafkaErrorCode::NotEnoughReplicas)), K::Transient);
+    }
+}

@@ -1,0 +1,139 @@
+//! The Kafka publisher: an idempotent producer that sends a whole batch at once.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use outbox_core::{PublishError, PublishErrorKind, Publisher, StoredMessage};
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::error::{Error, classify};
+use crate::record;
+
+/// Settings the publisher applies unless the user set them, and why.
+const DEFAULTS: &[(&str, &str)] = &[
+    // Partition keys as the Java client does, so other producers and consumers agree.
+    ("partitioner", "murmur2_random"),
+    // Batch for up to 5 ms: the relay sends whole claims at once, so this costs little latency.
+    ("linger.ms", "5"),
+];
+
+/// Publishes outbox messages to Kafka with `enable.idempotence=true` and `acks=all`.
+///
+/// The user's [`ClientConfig`] passes through; settings that would weaken the guarantee
+/// (`enable.idempotence=false`, `acks` other than `all`/`-1`) are refused. Records follow the
+/// CloudEvents Kafka binding (see [`crate::record`]).
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    brokers: String,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisher").field("brokers", &self.brokers).finish_non_exhaustive()
+    }
+}
+
+impl KafkaPublisher {
+    /// Creates the producer from `config` (which must name `bootstrap.servers`).
+    ///
+    /// # Errors
+    /// [`Error::UnsafeConfig`] for settings that break at-least-once or ordering, [`Error::Kafka`] when
+    /// librdkafka rejects the configuration.
+    pub fn new(config: &ClientConfig) -> Result<Self, Error> {
+        let mut config = config.clone();
+        for (key, why) in [
+            ("enable.idempotence", "the relay needs the idempotent producer to keep per-key order across retries"),
+            ("acks", "only acks=all makes an acknowledgement mean the message survives a broker failure"),
+        ] {
+            if let Some(value) = config.get(key) {
+                let safe = match key {
+                    "acks" => matches!(value, "all" | "-1"),
+                    _ => value == "true",
+                };
+                if !safe {
+                    return Err(Error::UnsafeConfig { key: key.into(), value: value.into(), why });
+                }
+            }
+        }
+        config.set("enable.idempotence", "true").set("acks", "all");
+        for (key, value) in DEFAULTS {
+            if config.get(key).is_none() {
+                config.set(*key, *value);
+            }
+        }
+        let brokers = config.get("bootstrap.servers").unwrap_or_default().to_owned();
+        Ok(Self { producer: config.create()?, brokers })
+    }
+
+    /// Waits until a broker answers a metadata request.
+    ///
+    /// # Errors
+    /// [`Error::Unreachable`] naming the brokers when none answered within `timeout`.
+    pub async fn check_reachable(&self, timeout: Duration) -> Result<(), Error> {
+        let producer = self.producer.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(None, timeout).map(|_| ())
+        })
+        .await
+        .unwrap_or_else(|_| Err(KafkaError::Canceled));
+        result.map_err(|source| Error::Unreachable { brokers: self.brokers.clone(), timeout, source })
+    }
+
+    /// Waits for everything queued to be sent (used on shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(error) = self.producer.flush(timeout) {
+            tracing::warn!(%error, "flushing the producer did not finish");
+        }
+    }
+
+    /// The underlying producer.
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+}
+
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, batch: &[StoredMessage]) -> Vec<Result<(), PublishError>> {
+        let mut pending = Vec::with_capacity(batch.len());
+        for stored in batch {
+            pending.push(self.enqueue(stored).await);
+        }
+        let acks = join_all(pending.into_iter().map(|queued| async move {
+            let future = queued?;
+            match future.await {
+                Ok(Ok(_delivery)) => Ok(()),
+                Ok(Err((error, _message))) => Err(PublishError::new(classify(&error), error)),
+                Err(_canceled) => Err(PublishError::new(PublishErrorKind::Transient, KafkaError::Canceled)),
+            }
+        }))
+        .await;
+        acks
+    }
+}
+
+impl KafkaPublisher {
+    /// Hands one record to librdkafka, waiting while its queue is full.
+    async fn enqueue(&self, stored: &StoredMessage) -> Result<rdkafka::producer::DeliveryFuture, PublishError> {
+        let message = &stored.message;
+        let headers = record::headers(message);
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&message.topic)
+            .payload(message.payload.as_slice())
+            .headers(headers)
+            .timestamp(message.created_at.timestamp_millis());
+        if let Some(key) = &message.key {
+            record = record.key(key.as_slice());
+        }
+        loop {
+            match self.producer.send_result(record) {
+                Ok(future) => return Ok(future),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => return Err(PublishError::new(classify(&error), error)),
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Errors of the PostgreSQL backend.
+
+/// Errors raised by the PostgreSQL outbox, relay store and inbox.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database refused a statement or could not be reached.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+
+    /// A migration failed; nothing of it was applied.
+    #[error("migration {version} ({description}) failed")]
+    Migration {
+        /// The migration's version.
+        version: i64,
+        /// What the migration does.
+        description: &'static str,
+        /// The database's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// The database holds a migration this version of the library does not know.
+    #[error(
+        "the database has migration {version} applied, which this version of outbox-postgres does not know; upgrade the library"
+    )]
+    UnknownMigration {
+        /// The unknown version.
+        version: i64,
+    },
+
+    /// A schema or table name is not a plain SQL identifier.
+    #[error(
+        "invalid {what} name `{name}`: use 1 to 63 characters of lowercase letters, digits and `_`, starting with a letter or `_`"
+    )]
+    InvalidIdentifier {
+        /// Which name (schema, outbox table, ...).
+        what: &'static str,
+        /// The rejected name.
+        name: String,
+    },
+
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Config(String),
+
+    /// Another relay over the same outbox runs with a different number of lanes; running both would
+    /// break per-key order.
+    #[error(
+        "another relay over this outbox runs with {theirs} lanes, this one is configured with {ours}; all relays of one outbox must use the same lane count"
+    )]
+    LaneCountMismatch {
+        /// This relay's lane count.
+        ours: u32,
+        /// The other relay's lane count.
+        theirs: u32,
+    },
+
+    /// A message could not be encoded for storage.
+    #[error("message {id} could not be encoded")]
+    Encode {
+        /// The message's id.
+        id: uuid::Uuid,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// Whether the failure may go away by itself (a lost connection, a restarting server, a
+    /// serialization conflict), so that retrying the same operation makes sense.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Database(error) => is_transient_sqlx(error),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a sqlx error is a connectivity problem or a retryable conflict.
+pub(crate) fn is_transient_sqlx(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 40001/40P01: serialization failure/deadlock; 57P: operator
+            // intervention (shutdown, restart); 53: insufficient resources.
+            code.starts_with("08")
+                || code == "40001"
+                || code == "40P01"
+                || code.starts_with("57P")
+                || code.starts_with("53")
+        }),
+        _ => false,
+    }
+}

@@ -1,0 +1,33 @@
+//! PostgreSQL backend of the transactional outbox.
+//!
+//! * [`PgOutbox`] writes messages through the caller's own transaction.
+//! * [`PgRelayStore`] is the relay's side: lanes owned through advisory locks, claims in publish
+//!   order behind a safe horizon, settlement of acknowledged and failed messages.
+//! * [`PgInbox`] records what consumers applied, in their own transaction.
+//! * [`migrate`] and [`migrations`] create the tables (names set through [`Tables`]).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect("postgres://localhost/app").await?;
+//! let tables = outbox_postgres::Tables::default();
+//! outbox_postgres::migrate(&mut *pool.acquire().await?, &tables).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod horizon;
+mod inbox;
+mod migrations;
+mod outbox;
+mod queries;
+mod relay_store;
+mod rows;
+mod tables;
+
+pub use error::Error;
+pub use inbox::PgInbox;
+pub use migrations::{Migration, migrate, migrations};
+pub use outbox::PgOutbox;
+pub use relay_store::{PgRelayStore, PgRelayStoreConfig};
+pub use tables::Tables;

@@ -1,0 +1,363 @@
+//! The relay's side of the outbox on PostgreSQL: lanes, the publish horizon, claim and settle.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outbox_core::{RelayStore, Settlement, StoredMessage};
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use tokio::sync::Mutex;
+
+use crate::error::Error;
+use crate::horizon::{Horizon, parse_writers};
+use crate::queries::{MEMBER_BASE, Queries};
+use crate::rows::{self, CorruptRow};
+use crate::tables::Tables;
+
+/// Settings of a [`PgRelayStore`].
+#[derive(Debug, Clone)]
+pub struct PgRelayStoreConfig {
+    tables: Tables,
+    lanes: u32,
+    rebalance_interval: Duration,
+}
+
+impl Default for PgRelayStoreConfig {
+    fn default() -> Self {
+        Self {
+            tables: Tables::default(),
+            lanes: 64,
+            rebalance_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl PgRelayStoreConfig {
+    /// Where the outbox lives. Default [`Tables::default`].
+    pub fn tables(mut self, tables: Tables) -> Self {
+        self.tables = tables;
+        self
+    }
+
+    /// Number of lanes: the unit of ordering and of ownership among relays. Default 64. A power of
+    /// two from 1 to 1024; every relay of one outbox must use the same number (a relay refuses to
+    /// start next to one that does not).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for any other value.
+    pub fn lanes(mut self, lanes: u32) -> Result<Self, Error> {
+        if !lanes.is_power_of_two() || lanes > outbox_core::lane::SLOTS {
+            return Err(Error::Config(format!(
+                "lanes must be a power of two from 1 to {}, got {lanes}",
+                outbox_core::lane::SLOTS
+            )));
+        }
+        self.lanes = lanes;
+        Ok(self)
+    }
+
+    /// How often a relay recounts the relays and takes or gives back lanes. Default 1 s.
+    pub fn rebalance_interval(mut self, interval: Duration) -> Self {
+        self.rebalance_interval = interval;
+        self
+    }
+}
+
+/// The relay store on PostgreSQL.
+///
+/// A relay works on one dedicated connection (its *session*), outside the pool. On it, the relay holds
+/// a shared advisory lock that makes it count as a running relay, and one exclusive advisory lock per
+/// lane it owns. Claims and settlements run on the same session, so a relay can only change rows
+/// while it holds their lanes: if the session dies, PostgreSQL releases its locks, another relay may
+/// take the lanes over, and this relay's pending settlement is dropped (its messages are published
+/// again by the new owner: a duplicate, never a loss). Lanes are rebalanced so that each of `n`
+/// relays owns at most `ceil(lanes / n)`.
+///
+/// Wake-ups come from `LISTEN` on the outbox's channel, on a connection of the pool.
+#[derive(Debug)]
+pub struct PgRelayStore {
+    connect: PgConnectOptions,
+    pool: PgPool,
+    queries: Arc<Queries>,
+    channel: String,
+    lanes: u32,
+    rebalance_interval: Duration,
+    session: Mutex<Session>,
+    listener: Mutex<Option<PgListener>>,
+}
+
+#[derive(Debug, Default)]
+struct Session {
+    conn: Option<PgConnection>,
+    epoch: u64,
+    claimed_epoch: u64,
+    owned: BTreeSet<i32>,
+    horizon: Horizon,
+    last_rebalance: Option<Instant>,
+}
+
+impl PgRelayStore {
+    /// A relay store over the outbox in `pool`'s database.
+    pub fn new(pool: PgPool, config: PgRelayStoreConfig) -> Self {
+        Self {
+            connect: (*pool.connect_options()).clone().application_name("outbox-relay"),
+            queries: Arc::new(Queries::new(&config.tables)),
+            channel: config.tables.channel(),
+            pool,
+            lanes: config.lanes,
+            rebalance_interval: config.rebalance_interval,
+            session: Mutex::new(Session::default()),
+            listener: Mutex::new(None),
+        }
+    }
+
+    /// The lanes this relay owns right now.
+    pub async fn owned_lanes(&self) -> Vec<i32> {
+        self.session.lock().await.owned.iter().copied().collect()
+    }
+
+    async fn connect(&self, session: &mut Session) -> Result<(), Error> {
+        let mut conn = PgConnection::connect_with(&self.connect).await?;
+        let others = sqlx::query(&self.queries.members).fetch_all(&mut conn).await?;
+        for row in others {
+            let theirs: i32 = row.try_get("lanes")?;
+            if theirs != self.lanes as i32 {
+                return Err(Error::LaneCountMismatch {
+                    ours: self.lanes,
+                    theirs: theirs.max(0) as u32,
+                });
+            }
+        }
+        sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
+            .bind(self.queries.namespace)
+            .bind(MEMBER_BASE + self.lanes as i32)
+            .execute(&mut conn)
+            .await?;
+        session.conn = Some(conn);
+        session.epoch += 1;
+        session.owned.clear();
+        session.horizon = Horizon::default();
+        session.last_rebalance = None;
+        tracing::info!(epoch = session.epoch, "relay session opened");
+        Ok(())
+    }
+
+    async fn rebalance(&self, session: &mut Session) -> Result<(), Error> {
+        let Some(conn) = session.conn.as_mut() else {
+            return Ok(());
+        };
+        let relays: i64 = sqlx::query(&self.queries.members)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<i64, _>("relays"))
+            .sum::<Result<i64, _>>()?;
+        let relays = relays.max(1) as u32;
+        let share = self.lanes.div_ceil(relays) as usize;
+        if session.owned.len() > share {
+            let extra: Vec<i32> = session.owned.iter().rev().take(session.owned.len() - share).copied().collect();
+            sqlx::query(&self.queries.release_lanes).bind(&extra).execute(&mut *conn).await?;
+            for lane in &extra {
+                session.owned.remove(lane);
+            }
+            tracing::info!(released = extra.len(), owned = session.owned.len(), relays, "gave lanes back");
+        } else if session.owned.len() < share {
+            let owned: Vec<i32> = session.owned.iter().copied().collect();
+            let taken: Vec<i32> = sqlx::query_scalar(&self.queries.acquire_lanes)
+                .bind(self.lanes as i32)
+                .bind(&owned)
+                .bind((share - owned.len()) as i64)
+                .fetch_all(&mut *conn)
+                .await?;
+            if !taken.is_empty() {
+                session.owned.extend(&taken);
+                tracing::info!(taken = taken.len(), owned = session.owned.len(), relays, "took lanes");
+            }
+        }
+        session.last_rebalance = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn claim_in(&self, session: &mut Session, limit: usize) -> Result<Vec<StoredMessage>, Error> {
+        if session.conn.is_none() {
+            self.connect(session).await?;
+        }
+        if session.last_rebalance.is_none_or(|at| at.elapsed() >= self.rebalance_interval) {
+            self.rebalance(session).await?;
+        }
+        if session.owned.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(conn) = session.conn.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let texts: Vec<String> = sqlx::Executor::fetch_all(&mut *conn, sqlx::raw_sql(&self.queries.horizon))
+            .await?
+            .iter()
+            .map(|row| row.try_get::<Option<String>, _>(0).map(Option::unwrap_or_default))
+            .collect::<Result<_, _>>()?;
+        let max_seq = texts.first().and_then(|t| t.parse::<i64>().ok()).unwrap_or(0);
+        let writers = parse_writers(texts.get(1).map_or("", String::as_str));
+        let safe = session.horizon.observe(max_seq, writers);
+        let owned: Vec<i32> = session.owned.iter().copied().collect();
+        let rows = sqlx::query(&self.queries.claim)
+            .bind(safe)
+            .bind(self.lanes as i32)
+            .bind(&owned)
+            .bind(limit as i64)
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut batch = Vec::with_capacity(rows.len());
+        let mut corrupt = Vec::new();
+        for row in &rows {
+            match rows::decode(row) {
+                Ok(message) => batch.push(message),
+                Err(bad) => corrupt.push(bad),
+            }
+        }
+        if !corrupt.is_empty() {
+            self.park_corrupt(conn, corrupt).await?;
+        }
+        session.claimed_epoch = session.epoch;
+        Ok(batch)
+    }
+
+    async fn park_corrupt(&self, conn: &mut PgConnection, corrupt: Vec<CorruptRow>) -> Result<(), Error> {
+        for bad in &corrupt {
+            tracing::error!(seq = bad.seq, reason = %bad.reason, "corrupt outbox row; moving it to the dead letters");
+        }
+        let seqs: Vec<i64> = corrupt.iter().map(|c| c.seq).collect();
+        let attempts: Vec<i32> = vec![0; corrupt.len()];
+        let errors: Vec<String> = corrupt.into_iter().map(|c| format!("corrupt row: {}", c.reason)).collect();
+        sqlx::query(&self.queries.dead_letter)
+            .bind(&seqs)
+            .bind(&attempts)
+            .bind(&errors)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn settle_in(&self, conn: &mut PgConnection, settlement: &Settlement) -> Result<u64, Error> {
+        let statements = usize::from(!settlement.published.is_empty())
+            + usize::from(!settlement.retries.is_empty())
+            + usize::from(!settlement.dead_letters.is_empty());
+        if statements <= 1 {
+            return self.write_settlement(conn, settlement).await;
+        }
+        let mut tx = conn.begin().await?;
+        let changed = self.write_settlement(&mut tx, settlement).await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn write_settlement(&self, conn: &mut PgConnection, settlement: &Settlement) -> Result<u64, Error> {
+        let mut changed = 0;
+        if !settlement.published.is_empty() {
+            changed += sqlx::query(&self.queries.delete)
+                .bind(&settlement.published)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+        }
+        if !settlement.retries.is_empty() {
+            let r = &settlement.retries;
+            changed += sqlx::query(&self.queries.retry)
+                .bind(r.iter().map(|x| x.seq).collect::<Vec<_>>())
+                .bind(r.iter().map(|x| x.attempts as i32).collect::<Vec<_>>())
+                .bind(r.iter().map(|x| x.not_before).collect::<Vec<_>>())
+                .bind(r.iter().map(|x| x.error.clone()).collect::<Vec<_>>())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+        }
+        if !settlement.dead_letters.is_empty() {
+            let d = &settlement.dead_letters;
+            changed += sqlx::query(&self.queries.dead_letter)
+                .bind(d.iter().map(|x| x.seq).collect::<Vec<_>>())
+                .bind(d.iter().map(|x| x.attempts as i32).collect::<Vec<_>>())
+                .bind(d.iter().map(|x| x.error.clone()).collect::<Vec<_>>())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+        }
+        Ok(changed)
+    }
+}
+
+impl Session {
+    /// Drops the session; PostgreSQL releases its locks when the connection closes.
+    fn disconnect(&mut self, error: &Error) {
+        if self.conn.take().is_some() {
+            tracing::warn!(error = %outbox_core::relay::error_chain(error), released = self.owned.len(), "relay session lost; its lanes are released");
+        }
+        self.owned.clear();
+    }
+}
+
+impl RelayStore for PgRelayStore {
+    type Error = Error;
+
+    async fn claim(&self, limit: usize) -> Result<Vec<StoredMessage>, Error> {
+        let mut session = self.session.lock().await;
+        let result = self.claim_in(&mut session, limit).await;
+        if let Err(error) = &result {
+            session.disconnect(error);
+        }
+        result
+    }
+
+    async fn settle(&self, settlement: &Settlement) -> Result<u64, Error> {
+        let mut session = self.session.lock().await;
+        if session.epoch != session.claimed_epoch {
+            return Ok(0);
+        }
+        let Some(conn) = session.conn.as_mut() else {
+            return Ok(0);
+        };
+        let result = self.settle_in(conn, settlement).await;
+        if let Err(error) = &result {
+            session.disconnect(error);
+        }
+        result
+    }
+
+    async fn wait_for_work(&self, max_wait: Duration) {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut listener = self.listener.lock().await;
+        if listener.is_none() {
+            match PgListener::connect_with(&self.pool).await {
+                Ok(mut fresh) => match fresh.listen(&self.channel).await {
+                    Ok(()) => *listener = Some(fresh),
+                    Err(error) => tracing::warn!(%error, "LISTEN failed; polling"),
+                },
+                Err(error) => tracing::warn!(%error, "could not open the wake-up connection; polling"),
+            }
+        }
+        let Some(active) = listener.as_mut() else {
+            tokio::time::sleep_until(deadline).await;
+            return;
+        };
+        match tokio::time::timeout_at(deadline, active.try_recv()).await {
+            Ok(Ok(Some(_))) | Err(_) => {}
+            Ok(Ok(None)) => tokio::time::sleep_until(deadline).await,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "wake-up connection failed; polling");
+                *listener = None;
+                tokio::time::sleep_until(deadline).await;
+            }
+        }
+    }
+
+    async fn close(&self) {
+        let mut session = self.session.lock().await;
+        session.owned.clear();
+        if let Some(conn) = session.conn.take() {
+            if let Err(error) = conn.close().await {
+                tracing::warn!(%error, "closing the relay session failed; the server releases its lanes when it notices");
+            }
+            tracing::info!("relay session closed; lanes released");
+        }
+    }
+}

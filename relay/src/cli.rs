@@ -1,0 +1,130 @@
+//! Command-line flags and environment variables.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Publishes a PostgreSQL outbox to Kafka, at least once, in per-key order.
+#[derive(Debug, Parser)]
+#[command(name = "outbox-relay", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the outbox tables.
+    Migrate(MigrateArgs),
+    /// Relay messages from the outbox to Kafka until SIGINT or SIGTERM.
+    Run(RunArgs),
+}
+
+/// Where the outbox lives.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. postgres://user@host:5432/db.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Schema of the outbox tables.
+    #[arg(long, env = "OUTBOX_SCHEMA", default_value = "public")]
+    pub schema: String,
+
+    /// Name of the outbox table.
+    #[arg(long, env = "OUTBOX_TABLE", default_value = "outbox")]
+    pub outbox_table: String,
+
+    /// How long to keep trying to reach the database (and the brokers) at start-up before giving up.
+    #[arg(long, env = "OUTBOX_CONNECT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+/// Flags of `migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// Flags of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Kafka bootstrap servers, comma-separated host:port.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub brokers: String,
+
+    /// librdkafka producer property passed through, as key=value (repeatable).
+    #[arg(short = 'X', long = "producer-property", value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub producer_properties: Vec<(String, String)>,
+
+    /// Most messages claimed and published in one pass (1 to 100000).
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+
+    /// Longest sleep when idle without a wake-up (1ms to 1h).
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Number of lanes, the unit of ordering and ownership (a power of two up to 1024; the same for every relay).
+    #[arg(long, env = "OUTBOX_LANES", default_value_t = 64)]
+    pub lanes: u32,
+
+    /// Publish attempts before a retriable failure becomes a dead letter.
+    #[arg(long, env = "OUTBOX_MAX_ATTEMPTS", default_value_t = 10)]
+    pub max_attempts: u32,
+
+    /// Backoff after the first failed attempt; it doubles up to --max-backoff.
+    #[arg(long, env = "OUTBOX_INITIAL_BACKOFF", default_value = "200ms", value_parser = parse_duration)]
+    pub initial_backoff: Duration,
+
+    /// Longest backoff between attempts.
+    #[arg(long, env = "OUTBOX_MAX_BACKOFF", default_value = "60s", value_parser = parse_duration)]
+    pub max_backoff: Duration,
+
+    /// On shutdown, how long the in-flight batch may take before it is abandoned (and published again later).
+    #[arg(long, env = "OUTBOX_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Connections in the relay's pool (the relay's own session comes on top).
+    #[arg(long, env = "OUTBOX_POOL_SIZE", default_value_t = 2)]
+    pub pool_size: u32,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration like 500ms, 2s or 1m: {e}"))
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_properties_parse_or_explain() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").expect_err("bad").contains("500ms"));
+        assert_eq!(parse_property("linger.ms=0"), Ok(("linger.ms".into(), "0".into())));
+        assert!(parse_property("=x").is_err());
+        assert!(parse_property("novalue").is_err());
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

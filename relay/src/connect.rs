@@ -1,0 +1,78 @@
+//! Reaching the database and the brokers at start-up, within a bounded wait.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use outbox_postgres::Tables;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::time::Instant;
+
+use crate::cli::DatabaseArgs;
+
+/// The URL with its password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
+}
+
+/// The validated table names.
+pub fn tables(args: &DatabaseArgs) -> anyhow::Result<Tables> {
+    Tables::default()
+        .schema(&args.schema)
+        .context("invalid --schema / OUTBOX_SCHEMA")?
+        .outbox(&args.outbox_table)
+        .context("invalid --outbox-table / OUTBOX_TABLE")
+}
+
+/// Connects a pool, retrying until `args.connect_timeout` has passed.
+pub async fn database(args: &DatabaseArgs, pool_size: u32) -> anyhow::Result<PgPool> {
+    let shown = redact(&args.database_url);
+    let options = PgConnectOptions::from_str(&args.database_url)
+        .with_context(|| format!("invalid --database-url / DATABASE_URL `{shown}`"))?
+        .application_name("outbox-relay");
+    let deadline = Instant::now() + args.connect_timeout;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let attempt = PgPoolOptions::new()
+            .max_connections(pool_size.max(1))
+            .acquire_timeout(args.connect_timeout.clamp(Duration::from_millis(100), Duration::from_secs(10)))
+            .connect_with(options.clone())
+            .await;
+        match attempt {
+            Ok(pool) => return Ok(pool),
+            Err(error) if Instant::now() + delay < deadline => {
+                tracing::warn!(database = %shown, %error, "database not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => {
+                return Err(anyhow!(error)).with_context(|| {
+                    format!("could not reach PostgreSQL at `{shown}` within {:?}", args.connect_timeout)
+                });
+            }
+        }
+    }
+}
+
+/// Fails with a hint when the outbox tables are missing.
+pub async fn require_schema(pool: &PgPool, tables: &Tables) -> anyhow::Result<()> {
+    let table = tables.outbox_table();
+    let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(&table)
+        .fetch_one(pool)
+        .await
+        .context("checking for the outbox table")?;
+    if found.is_none() {
+        anyhow::bail!("the outbox table {table} does not exist; run `outbox-relay migrate` first");
+    }
+    Ok(())
+}

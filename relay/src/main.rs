@@ -1,0 +1,5 @@
+//! `outbox-relay`: see `outbox-relay --help`.
+
+fn main() -> std::process::ExitCode {
+    outbox_relay::main()
+}
