@@ -67,7 +67,10 @@ mod tests {
             (b"foobar", -790_332_482),
             (b"a-little-bit-long-string", -985_981_536),
             (b"a-little-bit-longer-string", -1_486_304_829),
-            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
             (b"abc", 479_470_107),
             (b"", 275_646_681),
         ];
@@ -80,10 +83,18 @@ mod tests {
     fn keyed_messages_share_a_slot_and_keyless_ones_spread() {
         let a = uuid::Uuid::now_v7();
         let b = uuid::Uuid::now_v7();
-        assert_eq!(slot_for(Some(b"order-1"), &a), slot_for(Some(b"order-1"), &b));
-        let slots: std::collections::HashSet<u32> =
-            (0..200).map(|_| slot_for(None, &uuid::Uuid::now_v7())).collect();
-        assert!(slots.len() > 100, "keyless messages landed in only {} slots", slots.len());
+        assert_eq!(
+            slot_for(Some(b"order-1"), &a),
+            slot_for(Some(b"order-1"), &b)
+        );
+        let slots: std::collections::HashSet<u32> = (0..200)
+            .map(|_| slot_for(None, &uuid::Uuid::now_v7()))
+            .collect();
+        assert!(
+            slots.len() > 100,
+            "keyless messages landed in only {} slots",
+            slots.len()
+        );
         assert_eq!(java_partition(b"x", 0), None);
     }
 }

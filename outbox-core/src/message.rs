@@ -164,7 +164,9 @@ pub fn validate_topic(topic: &str) -> Result<(), Error> {
         )));
     }
     if topic == "." || topic == ".." {
-        return Err(Error::InvalidMessage(format!("topic `{topic}` is not allowed")));
+        return Err(Error::InvalidMessage(format!(
+            "topic `{topic}` is not allowed"
+        )));
     }
     if let Some(bad) = topic
         .chars()
@@ -188,7 +190,9 @@ mod tests {
             .event_type("OrderPlaced")
             .json(&serde_json::json!({"total": 42}))
             .expect("valid message");
-        let b = Message::builder("orders").bytes(b"x".to_vec(), "text/plain").expect("valid");
+        let b = Message::builder("orders")
+            .bytes(b"x".to_vec(), "text/plain")
+            .expect("valid");
         assert_eq!(a.payload, br#"{"total":42}"#);
         assert_eq!(a.content_type, JSON_CONTENT_TYPE);
         assert_eq!(a.key.as_deref(), Some(&b"order-1"[..]));
@@ -199,12 +203,19 @@ mod tests {
     #[test]
     fn invalid_topics_and_reserved_headers_are_refused() {
         for topic in ["", ".", "has space", "ümlaut", &"x".repeat(250)] {
-            let err = Message::builder(topic).bytes(vec![], "a/b").expect_err(topic);
+            let err = Message::builder(topic)
+                .bytes(vec![], "a/b")
+                .expect_err(topic);
             assert!(matches!(err, Error::InvalidMessage(_)), "{topic}: {err}");
         }
-        let err = Message::builder("t").header("ce_id", "x").bytes(vec![], "a/b").expect_err("ce_id");
+        let err = Message::builder("t")
+            .header("ce_id", "x")
+            .bytes(vec![], "a/b")
+            .expect_err("ce_id");
         assert!(err.to_string().contains("reserved"), "{err}");
-        let err = Message::builder("t").bytes(vec![], " ").expect_err("content type");
+        let err = Message::builder("t")
+            .bytes(vec![], " ")
+            .expect_err("content type");
         assert!(err.to_string().contains("content type"), "{err}");
     }
 }

@@ -58,7 +58,11 @@ impl PublishError {
 
     /// A one-line description with the cause chain, as stored next to a failed message.
     pub fn describe(&self) -> String {
-        format!("{:?}: {}", self.kind, crate::relay::error_chain(&*self.source))
+        format!(
+            "{:?}: {}",
+            self.kind,
+            crate::relay::error_chain(&*self.source)
+        )
     }
 }
 

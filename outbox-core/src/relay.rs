@@ -154,7 +154,12 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
     }
 
     /// Publishes one claimed batch and settles it.
-    async fn pass(&self, batch: Vec<StoredMessage>, shutdown: &CancellationToken, stats: &mut RelayStats) {
+    async fn pass(
+        &self,
+        batch: Vec<StoredMessage>,
+        shutdown: &CancellationToken,
+        stats: &mut RelayStats,
+    ) {
         let publishing = self.publisher.publish(&batch);
         tokio::pin!(publishing);
         let outcomes = tokio::select! {
@@ -169,14 +174,25 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
         for attempt in 1..=3u32 {
             match self.store.settle(&settlement).await {
                 Ok(changed) => {
-                    let expected = settlement.published.len() + settlement.retries.len() + settlement.dead_letters.len();
+                    let expected = settlement.published.len()
+                        + settlement.retries.len()
+                        + settlement.dead_letters.len();
                     if changed < expected as u64 {
-                        tracing::warn!(changed, expected, "some settled messages were no longer ours; another relay owns their lane now");
+                        tracing::warn!(
+                            changed,
+                            expected,
+                            "some settled messages were no longer ours; another relay owns their lane now"
+                        );
                     }
                     stats.published += settlement.published.len() as u64;
                     stats.retried += settlement.retries.len() as u64;
                     stats.dead_lettered += settlement.dead_letters.len() as u64;
-                    tracing::debug!(published = settlement.published.len(), retries = settlement.retries.len(), dead_letters = settlement.dead_letters.len(), "batch settled");
+                    tracing::debug!(
+                        published = settlement.published.len(),
+                        retries = settlement.retries.len(),
+                        dead_letters = settlement.dead_letters.len(),
+                        "batch settled"
+                    );
                     return;
                 }
                 Err(error) => {
@@ -185,11 +201,18 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
                 }
             }
         }
-        tracing::error!(messages = batch.len(), "could not write back a published batch; its messages will be published again");
+        tracing::error!(
+            messages = batch.len(),
+            "could not write back a published batch; its messages will be published again"
+        );
         stats.abandoned_batches += 1;
     }
 
-    fn settlement(&self, batch: &[StoredMessage], outcomes: Vec<Result<(), crate::PublishError>>) -> Settlement {
+    fn settlement(
+        &self,
+        batch: &[StoredMessage],
+        outcomes: Vec<Result<(), crate::PublishError>>,
+    ) -> Settlement {
         let mut settlement = Settlement::default();
         for (stored, outcome) in batch.iter().zip(outcomes) {
             let error = match outcome {
@@ -204,12 +227,22 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
             match self.config.retry.decide(failed, &error) {
                 Decision::RetryAfter(delay) => {
                     tracing::warn!(id = %stored.message.id, topic = %stored.message.topic, attempts = failed, ?delay, error = %text, "publish failed; will retry");
-                    let not_before = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                    settlement.retries.push(Retry { seq: stored.seq, attempts: failed, not_before, error: text });
+                    let not_before = Utc::now()
+                        + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                    settlement.retries.push(Retry {
+                        seq: stored.seq,
+                        attempts: failed,
+                        not_before,
+                        error: text,
+                    });
                 }
                 Decision::DeadLetter => {
                     tracing::error!(id = %stored.message.id, topic = %stored.message.topic, attempts = failed, error = %text, "publish failed for good; moving the message to the dead letters");
-                    settlement.dead_letters.push(DeadLetter { seq: stored.seq, attempts: failed, error: text });
+                    settlement.dead_letters.push(DeadLetter {
+                        seq: stored.seq,
+                        attempts: failed,
+                        error: text,
+                    });
                 }
             }
         }
@@ -274,7 +307,11 @@ mod tests {
             )
     }
 
-    async fn run_until(relay: &Relay<MemoryStore, MemoryPublisher>, store: &MemoryStore, done: impl Fn(&MemoryStore) -> bool) -> RelayStats {
+    async fn run_until(
+        relay: &Relay<MemoryStore, MemoryPublisher>,
+        store: &MemoryStore,
+        done: impl Fn(&MemoryStore) -> bool,
+    ) -> RelayStats {
         let shutdown = CancellationToken::new();
         let stopper = shutdown.clone();
         let watcher = async {
@@ -283,9 +320,11 @@ mod tests {
             }
             stopper.cancel();
         };
-        let (stats, ()) = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(relay.run(shutdown), watcher) })
-            .await
-            .expect("relay finished in time");
+        let (stats, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(relay.run(shutdown), watcher)
+        })
+        .await
+        .expect("relay finished in time");
         stats
     }
 
@@ -296,7 +335,11 @@ mod tests {
         store.enqueue((0..50).map(|n| message(if n % 2 == 0 { "a" } else { "b" }, n)));
         let relay = Relay::new(store.clone(), publisher.clone(), fast_config());
         let stats = run_until(&relay, &store, |s| s.pending().is_empty()).await;
-        let order: Vec<Vec<u8>> = publisher.published().into_iter().map(|m| m.payload).collect();
+        let order: Vec<Vec<u8>> = publisher
+            .published()
+            .into_iter()
+            .map(|m| m.payload)
+            .collect();
         let expected: Vec<Vec<u8>> = (0..50).map(|n: usize| n.to_string().into_bytes()).collect();
         assert_eq!(order, expected);
         assert_eq!(stats.published, 50);
@@ -308,12 +351,17 @@ mod tests {
         let failures = Arc::new(AtomicU32::new(0));
         let seen = failures.clone();
         let publisher = MemoryPublisher::failing(move |stored| {
-            (stored.seq == 1 && seen.fetch_add(1, Ordering::SeqCst) < 2).then_some(PublishErrorKind::Transient)
+            (stored.seq == 1 && seen.fetch_add(1, Ordering::SeqCst) < 2)
+                .then_some(PublishErrorKind::Transient)
         });
         store.enqueue([message("a", 0)]);
         let relay = Relay::new(store.clone(), publisher.clone(), fast_config());
         let stats = run_until(&relay, &store, |s| s.pending().is_empty()).await;
-        assert_eq!(failures.load(Ordering::SeqCst), 3, "two failures, then success");
+        assert_eq!(
+            failures.load(Ordering::SeqCst),
+            3,
+            "two failures, then success"
+        );
         assert_eq!(stats.retried, 2);
         assert_eq!(publisher.published().len(), 1);
         assert!(store.dead_letters().is_empty());
@@ -322,7 +370,9 @@ mod tests {
     #[tokio::test]
     async fn permanent_failures_become_dead_letters_and_the_rest_flows() {
         let store = MemoryStore::new();
-        let publisher = MemoryPublisher::failing(|stored| (stored.seq == 3).then_some(PublishErrorKind::MessageTooLarge));
+        let publisher = MemoryPublisher::failing(|stored| {
+            (stored.seq == 3).then_some(PublishErrorKind::MessageTooLarge)
+        });
         store.enqueue((0..10).map(|n| message("a", n)));
         let relay = Relay::new(store.clone(), publisher.clone(), fast_config());
         let stats = run_until(&relay, &store, |s| s.pending().is_empty()).await;
@@ -330,7 +380,11 @@ mod tests {
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].0.seq, 3);
         assert_eq!(dead[0].1.attempts, 1);
-        assert!(dead[0].1.error.contains("MessageTooLarge"), "{}", dead[0].1.error);
+        assert!(
+            dead[0].1.error.contains("MessageTooLarge"),
+            "{}",
+            dead[0].1.error
+        );
         assert_eq!(publisher.published().len(), 9);
         assert_eq!(stats.dead_lettered, 1);
     }
@@ -356,21 +410,35 @@ mod tests {
         let relay = Relay::new(store.clone(), publisher.clone(), fast_config());
         let stats = run_until(&relay, &store, |s| s.pending().is_empty()).await;
         assert_eq!(stats.abandoned_batches, 1);
-        assert_eq!(publisher.published().len(), 10, "each message twice: at least once, never lost");
+        assert_eq!(
+            publisher.published().len(),
+            10,
+            "each message twice: at least once, never lost"
+        );
     }
 
     #[tokio::test]
     async fn shutdown_while_idle_returns_promptly() {
-        let relay = Relay::new(MemoryStore::new(), MemoryPublisher::new(), RelayConfig::default());
+        let relay = Relay::new(
+            MemoryStore::new(),
+            MemoryPublisher::new(),
+            RelayConfig::default(),
+        );
         let shutdown = CancellationToken::new();
         shutdown.cancel();
-        let stats = tokio::time::timeout(Duration::from_secs(1), relay.run(shutdown)).await.expect("prompt");
+        let stats = tokio::time::timeout(Duration::from_secs(1), relay.run(shutdown))
+            .await
+            .expect("prompt");
         assert_eq!(stats, RelayStats::default());
     }
 
     #[test]
     fn out_of_range_settings_are_refused() {
         assert!(RelayConfig::default().batch_size(0).is_err());
-        assert!(RelayConfig::default().poll_interval(Duration::ZERO).is_err());
+        assert!(
+            RelayConfig::default()
+                .poll_interval(Duration::ZERO)
+                .is_err()
+        );
     }
 }

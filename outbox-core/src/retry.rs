@@ -135,16 +135,29 @@ mod tests {
     fn transient_errors_retry_until_the_limit_and_permanent_ones_never() {
         let policy = RetryPolicy::default().max_attempts(3).expect("valid");
         let transient = error(PublishErrorKind::Transient);
-        assert!(matches!(policy.decide(1, &transient), Decision::RetryAfter(_)));
-        assert!(matches!(policy.decide(2, &transient), Decision::RetryAfter(_)));
+        assert!(matches!(
+            policy.decide(1, &transient),
+            Decision::RetryAfter(_)
+        ));
+        assert!(matches!(
+            policy.decide(2, &transient),
+            Decision::RetryAfter(_)
+        ));
         assert_eq!(policy.decide(3, &transient), Decision::DeadLetter);
-        assert_eq!(policy.decide(1, &error(PublishErrorKind::MessageTooLarge)), Decision::DeadLetter);
+        assert_eq!(
+            policy.decide(1, &error(PublishErrorKind::MessageTooLarge)),
+            Decision::DeadLetter
+        );
     }
 
     #[test]
     fn invalid_settings_are_refused() {
         assert!(RetryPolicy::default().max_attempts(0).is_err());
-        assert!(RetryPolicy::default().backoff(Duration::ZERO, Duration::from_secs(1)).is_err());
+        assert!(
+            RetryPolicy::default()
+                .backoff(Duration::ZERO, Duration::from_secs(1))
+                .is_err()
+        );
         assert!(
             RetryPolicy::default()
                 .backoff(Duration::from_secs(2), Duration::from_secs(1))

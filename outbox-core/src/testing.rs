@@ -15,7 +15,9 @@ use crate::publisher::{PublishError, PublishErrorKind, Publisher};
 use crate::store::{DeadLetter, RelayStore, Settlement, StoredMessage};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// An outbox held in memory.
@@ -50,7 +52,14 @@ impl MemoryStore {
         for message in messages {
             state.next_seq += 1;
             let seq = state.next_seq;
-            state.rows.push((StoredMessage { seq, attempts: 0, message }, None));
+            state.rows.push((
+                StoredMessage {
+                    seq,
+                    attempts: 0,
+                    message,
+                },
+                None,
+            ));
         }
         drop(state);
         self.wake.notify_one();
@@ -58,7 +67,11 @@ impl MemoryStore {
 
     /// Messages still waiting in the outbox.
     pub fn pending(&self) -> Vec<StoredMessage> {
-        lock(&self.inner).rows.iter().map(|(row, _)| row.clone()).collect()
+        lock(&self.inner)
+            .rows
+            .iter()
+            .map(|(row, _)| row.clone())
+            .collect()
     }
 
     /// Messages parked as dead letters, with their failure.
@@ -109,7 +122,9 @@ impl RelayStore for MemoryStore {
         state.rows.retain(|(row, _)| !published.contains(&row.seq));
         changed += (before - state.rows.len()) as u64;
         for retry in &settlement.retries {
-            if let Some((row, not_before)) = state.rows.iter_mut().find(|(row, _)| row.seq == retry.seq) {
+            if let Some((row, not_before)) =
+                state.rows.iter_mut().find(|(row, _)| row.seq == retry.seq)
+            {
                 row.attempts = retry.attempts;
                 *not_before = Some(retry.not_before);
                 changed += 1;
@@ -158,7 +173,9 @@ impl MemoryPublisher {
     }
 
     /// A publisher that fails a message with the kind `script` returns for it.
-    pub fn failing(script: impl FnMut(&StoredMessage) -> Option<PublishErrorKind> + Send + 'static) -> Self {
+    pub fn failing(
+        script: impl FnMut(&StoredMessage) -> Option<PublishErrorKind> + Send + 'static,
+    ) -> Self {
         Self {
             published: Arc::default(),
             script: Arc::new(Mutex::new(Box::new(script))),

@@ -90,7 +90,8 @@ impl Received {
             }
         }
         let id = id.ok_or_else(|| undecodable("no ce_id header".into()))?;
-        received.id = Uuid::parse_str(&id).map_err(|e| undecodable(format!("ce_id `{id}` is not a UUID: {e}")))?;
+        received.id = Uuid::parse_str(&id)
+            .map_err(|e| undecodable(format!("ce_id `{id}` is not a UUID: {e}")))?;
         Ok(received)
     }
 
@@ -124,6 +125,30 @@ where
     }
 }
 
+/// Turns a closure into a [`Handler`], letting the compiler infer the borrowed signature:
+///
+/// ```
+/// # use outbox_kafka::{handler_fn, Received};
+/// # struct Tx;
+/// let applied = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+/// let handler = handler_fn(move |_tx: &mut Tx, received: &Received| {
+///     let applied = applied.clone();
+///     let id = received.id;
+///     Box::pin(async move {
+///         applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+///         println!("applied {id}");
+///         Ok(())
+///     })
+/// });
+/// # let _ = handler;
+/// ```
+pub fn handler_fn<Tx, F>(f: F) -> F
+where
+    F: for<'a> Fn(&'a mut Tx, &'a Received) -> HandlerFuture<'a> + Send + Sync,
+{
+    f
+}
+
 /// Counters of one consumer run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConsumerStats {
@@ -145,7 +170,9 @@ pub struct InboxConsumer<I> {
 
 impl<I> std::fmt::Debug for InboxConsumer<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InboxConsumer").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("InboxConsumer")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -159,9 +186,16 @@ impl<I: Inbox> InboxConsumer<I> {
     ///
     /// # Errors
     /// [`Error::Kafka`] when the consumer cannot be created or subscribed.
-    pub fn new(config: &ClientConfig, topics: &[&str], inbox: I, name: impl Into<String>) -> Result<Self, Error> {
+    pub fn new(
+        config: &ClientConfig,
+        topics: &[&str],
+        inbox: I,
+        name: impl Into<String>,
+    ) -> Result<Self, Error> {
         let mut config = config.clone();
-        config.set("enable.auto.offset.store", "false").set("enable.auto.commit", "true");
+        config
+            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.commit", "true");
         if config.get("auto.offset.reset").is_none() {
             config.set("auto.offset.reset", "earliest");
         }
@@ -170,7 +204,12 @@ impl<I: Inbox> InboxConsumer<I> {
         let retry = RetryPolicy::default()
             .backoff(Duration::from_millis(100), Duration::from_secs(10))
             .unwrap_or_default();
-        Ok(Self { consumer, inbox, name: name.into(), retry })
+        Ok(Self {
+            consumer,
+            inbox,
+            name: name.into(),
+            retry,
+        })
     }
 
     /// Backoff between attempts at a failing record. Default 100 ms doubling to 10 s, with jitter.
@@ -184,7 +223,11 @@ impl<I: Inbox> InboxConsumer<I> {
     /// # Errors
     /// [`Error::UndecodableRecord`] for a record without a usable `ce_id` (nothing after it is
     /// consumed, and its offset is not committed), [`Error::Kafka`] when the consumer fails.
-    pub async fn run<H: Handler<I::Tx>>(&self, handler: H, shutdown: CancellationToken) -> Result<ConsumerStats, Error> {
+    pub async fn run<H: Handler<I::Tx>>(
+        &self,
+        handler: H,
+        shutdown: CancellationToken,
+    ) -> Result<ConsumerStats, Error> {
         let mut stats = ConsumerStats::default();
         let outcome = loop {
             let record = tokio::select! {
@@ -215,7 +258,13 @@ impl<I: Inbox> InboxConsumer<I> {
     }
 
     /// Applies one record, retrying until it succeeds; `false` when shut down before it did.
-    async fn apply<H: Handler<I::Tx>>(&self, handler: &H, received: &Received, shutdown: &CancellationToken, stats: &mut ConsumerStats) -> bool {
+    async fn apply<H: Handler<I::Tx>>(
+        &self,
+        handler: &H,
+        received: &Received,
+        shutdown: &CancellationToken,
+        stats: &mut ConsumerStats,
+    ) -> bool {
         let mut failed = 0;
         loop {
             match self.attempt(handler, received).await {
@@ -243,7 +292,11 @@ impl<I: Inbox> InboxConsumer<I> {
     }
 
     /// One transaction: inbox row, handler, commit. `Ok(false)` for a duplicate.
-    async fn attempt<H: Handler<I::Tx>>(&self, handler: &H, received: &Received) -> Result<bool, BoxError> {
+    async fn attempt<H: Handler<I::Tx>>(
+        &self,
+        handler: &H,
+        received: &Received,
+    ) -> Result<bool, BoxError> {
         let mut tx = self.inbox.begin().await?;
         if !self.inbox.record(&mut tx, &self.name, received.id).await? {
             self.inbox.rollback(tx).await?;

@@ -56,19 +56,24 @@ pub fn classify(error: &KafkaError) -> outbox_core::PublishErrorKind {
     use RDKafkaErrorCode as C;
     use outbox_core::PublishErrorKind as K;
     match error.rdkafka_error_code() {
-        Some(C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidMessageSize) => K::MessageTooLarge,
-        Some(C::UnknownTopic | C::UnknownTopicOrPartition | C::InvalidTopic | C::UnknownTopicId) => {
-            K::UnknownTopic
+        Some(C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidMessageSize) => {
+            K::MessageTooLarge
         }
+        Some(
+            C::UnknownTopic | C::UnknownTopicOrPartition | C::InvalidTopic | C::UnknownTopicId,
+        ) => K::UnknownTopic,
         Some(
             C::TopicAuthorizationFailed
             | C::ClusterAuthorizationFailed
             | C::SaslAuthenticationFailed
             | C::Authentication,
         ) => K::Unauthorized,
-        Some(C::InvalidRecord | C::InvalidMessage | C::InvalidArgument | C::UnsupportedForMessageFormat) => {
-            K::Rejected
-        }
+        Some(
+            C::InvalidRecord
+            | C::InvalidMessage
+            | C::InvalidArgument
+            | C::UnsupportedForMessageFormat,
+        ) => K::Rejected,
         _ => K::Transient,
     }
 }
@@ -81,12 +86,33 @@ mod tests {
     #[test]
     fn produce_errors_are_classified() {
         let produce = |code| KafkaError::MessageProduction(code);
-        assert_eq!(classify(&produce(RDKafkaErrorCode::MessageSizeTooLarge)), K::MessageTooLarge);
-        assert_eq!(classify(&produce(RDKafkaErrorCode::UnknownTopicOrPartition)), K::UnknownTopic);
-        assert_eq!(classify(&produce(RDKafkaErrorCode::TopicAuthorizationFailed)), K::Unauthorized);
-        assert_eq!(classify(&produce(RDKafkaErrorCode::InvalidRecord)), K::Rejected);
-        assert_eq!(classify(&produce(RDKafkaErrorCode::MessageTimedOut)), K::Transient);
-        assert_eq!(classify(&produce(RDKafkaErrorCode::AllBrokersDown)), K::Transient);
-        assert_eq!(classify(&produce(RDKafkaErrorCode::NotEnoughReplicas)), K::Transient);
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::MessageSizeTooLarge)),
+            K::MessageTooLarge
+        );
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::UnknownTopicOrPartition)),
+            K::UnknownTopic
+        );
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::TopicAuthorizationFailed)),
+            K::Unauthorized
+        );
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::InvalidRecord)),
+            K::Rejected
+        );
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::MessageTimedOut)),
+            K::Transient
+        );
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::AllBrokersDown)),
+            K::Transient
+        );
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::NotEnoughReplicas)),
+            K::Transient
+        );
     }
 }

@@ -11,7 +11,7 @@ mod error;
 mod publisher;
 pub mod record;
 
-pub use consumer::{ConsumerStats, Handler, HandlerFuture, InboxConsumer, Received};
+pub use consumer::{ConsumerStats, Handler, HandlerFuture, InboxConsumer, Received, handler_fn};
 pub use error::{Error, classify};
 pub use publisher::KafkaPublisher;
 pub use rdkafka::ClientConfig;

@@ -31,7 +31,9 @@ pub struct KafkaPublisher {
 
 impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaPublisher").field("brokers", &self.brokers).finish_non_exhaustive()
+        f.debug_struct("KafkaPublisher")
+            .field("brokers", &self.brokers)
+            .finish_non_exhaustive()
     }
 }
 
@@ -44,8 +46,14 @@ impl KafkaPublisher {
     pub fn new(config: &ClientConfig) -> Result<Self, Error> {
         let mut config = config.clone();
         for (key, why) in [
-            ("enable.idempotence", "the relay needs the idempotent producer to keep per-key order across retries"),
-            ("acks", "only acks=all makes an acknowledgement mean the message survives a broker failure"),
+            (
+                "enable.idempotence",
+                "the relay needs the idempotent producer to keep per-key order across retries",
+            ),
+            (
+                "acks",
+                "only acks=all makes an acknowledgement mean the message survives a broker failure",
+            ),
         ] {
             if let Some(value) = config.get(key) {
                 let safe = match key {
@@ -53,7 +61,11 @@ impl KafkaPublisher {
                     _ => value == "true",
                 };
                 if !safe {
-                    return Err(Error::UnsafeConfig { key: key.into(), value: value.into(), why });
+                    return Err(Error::UnsafeConfig {
+                        key: key.into(),
+                        value: value.into(),
+                        why,
+                    });
                 }
             }
         }
@@ -63,8 +75,14 @@ impl KafkaPublisher {
                 config.set(*key, *value);
             }
         }
-        let brokers = config.get("bootstrap.servers").unwrap_or_default().to_owned();
-        Ok(Self { producer: config.create()?, brokers })
+        let brokers = config
+            .get("bootstrap.servers")
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Self {
+            producer: config.create()?,
+            brokers,
+        })
     }
 
     /// Waits until a broker answers a metadata request.
@@ -78,7 +96,11 @@ impl KafkaPublisher {
         })
         .await
         .unwrap_or_else(|_| Err(KafkaError::Canceled));
-        result.map_err(|source| Error::Unreachable { brokers: self.brokers.clone(), timeout, source })
+        result.map_err(|source| Error::Unreachable {
+            brokers: self.brokers.clone(),
+            timeout,
+            source,
+        })
     }
 
     /// Waits for everything queued to be sent (used on shutdown).
@@ -100,22 +122,27 @@ impl Publisher for KafkaPublisher {
         for stored in batch {
             pending.push(self.enqueue(stored).await);
         }
-        let acks = join_all(pending.into_iter().map(|queued| async move {
+        join_all(pending.into_iter().map(|queued| async move {
             let future = queued?;
             match future.await {
                 Ok(Ok(_delivery)) => Ok(()),
                 Ok(Err((error, _message))) => Err(PublishError::new(classify(&error), error)),
-                Err(_canceled) => Err(PublishError::new(PublishErrorKind::Transient, KafkaError::Canceled)),
+                Err(_canceled) => Err(PublishError::new(
+                    PublishErrorKind::Transient,
+                    KafkaError::Canceled,
+                )),
             }
         }))
-        .await;
-        acks
+        .await
     }
 }
 
 impl KafkaPublisher {
     /// Hands one record to librdkafka, waiting while its queue is full.
-    async fn enqueue(&self, stored: &StoredMessage) -> Result<rdkafka::producer::DeliveryFuture, PublishError> {
+    async fn enqueue(
+        &self,
+        stored: &StoredMessage,
+    ) -> Result<rdkafka::producer::DeliveryFuture, PublishError> {
         let message = &stored.message;
         let headers = record::headers(message);
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&message.topic)

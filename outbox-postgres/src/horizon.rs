@@ -30,7 +30,11 @@ impl Horizon {
     /// all of whose writers have ended, as far as `writers` (the current set) shows.
     pub(crate) fn observe(&mut self, max_seq: i64, writers: HashSet<String>) -> i64 {
         self.pending.push_back((max_seq, writers));
-        let current = &self.pending.back().map(|(_, w)| w.clone()).unwrap_or_default();
+        let current = &self
+            .pending
+            .back()
+            .map(|(_, w)| w.clone())
+            .unwrap_or_default();
         if let Some(index) = self
             .pending
             .iter()
@@ -72,9 +76,21 @@ mod tests {
     #[test]
     fn the_horizon_waits_for_writers_that_were_open_when_numbers_were_read() {
         let mut horizon = Horizon::default();
-        assert_eq!(horizon.observe(10, writers("3/7")), 0, "3/7 may hold a number <= 10");
-        assert_eq!(horizon.observe(12, writers("3/7,4/2")), 0, "3/7 is still open");
-        assert_eq!(horizon.observe(20, writers("4/2")), 10, "3/7 ended: 10 is safe, 12 waits for 4/2");
+        assert_eq!(
+            horizon.observe(10, writers("3/7")),
+            0,
+            "3/7 may hold a number <= 10"
+        );
+        assert_eq!(
+            horizon.observe(12, writers("3/7,4/2")),
+            0,
+            "3/7 is still open"
+        );
+        assert_eq!(
+            horizon.observe(20, writers("4/2")),
+            10,
+            "3/7 ended: 10 is safe, 12 waits for 4/2"
+        );
         assert_eq!(horizon.observe(25, writers("5/1")), 20, "4/2 ended");
         assert_eq!(horizon.observe(25, writers("")), 25);
     }

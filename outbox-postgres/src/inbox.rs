@@ -67,7 +67,12 @@ impl outbox_core::Inbox for PgInbox {
         Ok(self.pool.begin().await?)
     }
 
-    async fn record(&self, tx: &mut Self::Tx, consumer: &str, message_id: Uuid) -> Result<bool, Error> {
+    async fn record(
+        &self,
+        tx: &mut Self::Tx,
+        consumer: &str,
+        message_id: Uuid,
+    ) -> Result<bool, Error> {
         let inserted = sqlx::query(&self.queries.inbox_record)
             .bind(consumer)
             .bind(message_id)

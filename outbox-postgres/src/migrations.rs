@@ -110,7 +110,11 @@ pub async fn migrate(conn: &mut PgConnection, tables: &Tables) -> Result<Vec<i64
         .execute(&mut *tx)
         .await
         .map_err(failed)?;
-        tracing::info!(version = migration.version, description = migration.description, "applied outbox migration");
+        tracing::info!(
+            version = migration.version,
+            description = migration.description,
+            "applied outbox migration"
+        );
         newly.push(migration.version);
     }
     tx.commit().await?;

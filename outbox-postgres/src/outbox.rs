@@ -80,7 +80,11 @@ impl PgOutbox {
     ///
     /// # Errors
     /// [`Error::Database`] when the insert fails; then none of the messages is stored.
-    pub async fn enqueue_all(&self, conn: &mut PgConnection, messages: &[Message]) -> Result<(), Error> {
+    pub async fn enqueue_all(
+        &self,
+        conn: &mut PgConnection,
+        messages: &[Message],
+    ) -> Result<(), Error> {
         if messages.is_empty() {
             return Ok(());
         }

@@ -45,6 +45,9 @@ impl Queries {
         let sequence = tables.sequence();
         let ns = tables.lock_namespace();
         let channel = tables.channel();
+        // pg_locks lists the locks of every database of the server; advisory locks are per database.
+        let this_database =
+            "database = (SELECT oid FROM pg_database WHERE datname = current_database())";
         let enqueue = |notify: &str| {
             format!(
                 "INSERT INTO {outbox} (id, slot, topic, key, event_type, source, content_type, payload, headers, created_at)
@@ -64,7 +67,8 @@ impl Queries {
             horizon: format!(
                 "SELECT (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::text FROM {sequence};
                  SELECT coalesce(string_agg(virtualtransaction, ','), '') FROM pg_locks
-                 WHERE locktype = 'advisory' AND classid = {ns} AND objid = {WRITER_KEY} AND objsubid = 2 AND granted"
+                 WHERE locktype = 'advisory' AND {this_database}
+                   AND classid = {ns} AND objid = {WRITER_KEY} AND objsubid = 2 AND granted"
             ),
             claim: format!(
                 "SELECT {MESSAGE_COLUMNS} FROM {outbox}
@@ -94,13 +98,15 @@ impl Queries {
             ),
             members: format!(
                 "SELECT (objid::int8 - {MEMBER_BASE})::int4 AS lanes, count(*)::int8 AS relays FROM pg_locks
-                 WHERE locktype = 'advisory' AND classid = {ns} AND objsubid = 2 AND granted
+                 WHERE locktype = 'advisory' AND {this_database} AND classid = {ns} AND objsubid = 2 AND granted
                    AND objid::int8 BETWEEN {MEMBER_BASE} AND {MEMBER_BASE} + 1024
                  GROUP BY 1"
             ),
             acquire_lanes: format!(
+                // CASE, not AND: PostgreSQL may evaluate AND operands in any order, and locking a
+                // lane this relay already owns again would make a later release leave it held.
                 "SELECT lane FROM generate_series(0, $1 - 1) AS lane
-                 WHERE lane <> ALL($2) AND pg_try_advisory_lock({ns}, lane)
+                 WHERE CASE WHEN lane = ANY($2) THEN false ELSE pg_try_advisory_lock({ns}, lane) END
                  LIMIT $3"
             ),
             release_lanes: format!(

@@ -101,7 +101,9 @@ impl PgRelayStore {
     /// A relay store over the outbox in `pool`'s database.
     pub fn new(pool: PgPool, config: PgRelayStoreConfig) -> Self {
         Self {
-            connect: (*pool.connect_options()).clone().application_name("outbox-relay"),
+            connect: (*pool.connect_options())
+                .clone()
+                .application_name("outbox-relay"),
             queries: Arc::new(Queries::new(&config.tables)),
             channel: config.tables.channel(),
             pool,
@@ -119,7 +121,9 @@ impl PgRelayStore {
 
     async fn connect(&self, session: &mut Session) -> Result<(), Error> {
         let mut conn = PgConnection::connect_with(&self.connect).await?;
-        let others = sqlx::query(&self.queries.members).fetch_all(&mut conn).await?;
+        let others = sqlx::query(&self.queries.members)
+            .fetch_all(&mut conn)
+            .await?;
         for row in others {
             let theirs: i32 = row.try_get("lanes")?;
             if theirs != self.lanes as i32 {
@@ -156,12 +160,26 @@ impl PgRelayStore {
         let relays = relays.max(1) as u32;
         let share = self.lanes.div_ceil(relays) as usize;
         if session.owned.len() > share {
-            let extra: Vec<i32> = session.owned.iter().rev().take(session.owned.len() - share).copied().collect();
-            sqlx::query(&self.queries.release_lanes).bind(&extra).execute(&mut *conn).await?;
+            let extra: Vec<i32> = session
+                .owned
+                .iter()
+                .rev()
+                .take(session.owned.len() - share)
+                .copied()
+                .collect();
+            sqlx::query(&self.queries.release_lanes)
+                .bind(&extra)
+                .execute(&mut *conn)
+                .await?;
             for lane in &extra {
                 session.owned.remove(lane);
             }
-            tracing::info!(released = extra.len(), owned = session.owned.len(), relays, "gave lanes back");
+            tracing::info!(
+                released = extra.len(),
+                owned = session.owned.len(),
+                relays,
+                "gave lanes back"
+            );
         } else if session.owned.len() < share {
             let owned: Vec<i32> = session.owned.iter().copied().collect();
             let taken: Vec<i32> = sqlx::query_scalar(&self.queries.acquire_lanes)
@@ -172,18 +190,30 @@ impl PgRelayStore {
                 .await?;
             if !taken.is_empty() {
                 session.owned.extend(&taken);
-                tracing::info!(taken = taken.len(), owned = session.owned.len(), relays, "took lanes");
+                tracing::info!(
+                    taken = taken.len(),
+                    owned = session.owned.len(),
+                    relays,
+                    "took lanes"
+                );
             }
         }
         session.last_rebalance = Some(Instant::now());
         Ok(())
     }
 
-    async fn claim_in(&self, session: &mut Session, limit: usize) -> Result<Vec<StoredMessage>, Error> {
+    async fn claim_in(
+        &self,
+        session: &mut Session,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, Error> {
         if session.conn.is_none() {
             self.connect(session).await?;
         }
-        if session.last_rebalance.is_none_or(|at| at.elapsed() >= self.rebalance_interval) {
+        if session
+            .last_rebalance
+            .is_none_or(|at| at.elapsed() >= self.rebalance_interval)
+        {
             self.rebalance(session).await?;
         }
         if session.owned.is_empty() {
@@ -192,12 +222,19 @@ impl PgRelayStore {
         let Some(conn) = session.conn.as_mut() else {
             return Ok(Vec::new());
         };
-        let texts: Vec<String> = sqlx::Executor::fetch_all(&mut *conn, sqlx::raw_sql(&self.queries.horizon))
-            .await?
-            .iter()
-            .map(|row| row.try_get::<Option<String>, _>(0).map(Option::unwrap_or_default))
-            .collect::<Result<_, _>>()?;
-        let max_seq = texts.first().and_then(|t| t.parse::<i64>().ok()).unwrap_or(0);
+        let texts: Vec<String> =
+            sqlx::Executor::fetch_all(&mut *conn, sqlx::raw_sql(&self.queries.horizon))
+                .await?
+                .iter()
+                .map(|row| {
+                    row.try_get::<Option<String>, _>(0)
+                        .map(Option::unwrap_or_default)
+                })
+                .collect::<Result<_, _>>()?;
+        let max_seq = texts
+            .first()
+            .and_then(|t| t.parse::<i64>().ok())
+            .unwrap_or(0);
         let writers = parse_writers(texts.get(1).map_or("", String::as_str));
         let safe = session.horizon.observe(max_seq, writers);
         let owned: Vec<i32> = session.owned.iter().copied().collect();
@@ -223,13 +260,20 @@ impl PgRelayStore {
         Ok(batch)
     }
 
-    async fn park_corrupt(&self, conn: &mut PgConnection, corrupt: Vec<CorruptRow>) -> Result<(), Error> {
+    async fn park_corrupt(
+        &self,
+        conn: &mut PgConnection,
+        corrupt: Vec<CorruptRow>,
+    ) -> Result<(), Error> {
         for bad in &corrupt {
             tracing::error!(seq = bad.seq, reason = %bad.reason, "corrupt outbox row; moving it to the dead letters");
         }
         let seqs: Vec<i64> = corrupt.iter().map(|c| c.seq).collect();
         let attempts: Vec<i32> = vec![0; corrupt.len()];
-        let errors: Vec<String> = corrupt.into_iter().map(|c| format!("corrupt row: {}", c.reason)).collect();
+        let errors: Vec<String> = corrupt
+            .into_iter()
+            .map(|c| format!("corrupt row: {}", c.reason))
+            .collect();
         sqlx::query(&self.queries.dead_letter)
             .bind(&seqs)
             .bind(&attempts)
@@ -239,7 +283,11 @@ impl PgRelayStore {
         Ok(())
     }
 
-    async fn settle_in(&self, conn: &mut PgConnection, settlement: &Settlement) -> Result<u64, Error> {
+    async fn settle_in(
+        &self,
+        conn: &mut PgConnection,
+        settlement: &Settlement,
+    ) -> Result<u64, Error> {
         let statements = usize::from(!settlement.published.is_empty())
             + usize::from(!settlement.retries.is_empty())
             + usize::from(!settlement.dead_letters.is_empty());
@@ -252,7 +300,11 @@ impl PgRelayStore {
         Ok(changed)
     }
 
-    async fn write_settlement(&self, conn: &mut PgConnection, settlement: &Settlement) -> Result<u64, Error> {
+    async fn write_settlement(
+        &self,
+        conn: &mut PgConnection,
+        settlement: &Settlement,
+    ) -> Result<u64, Error> {
         let mut changed = 0;
         if !settlement.published.is_empty() {
             changed += sqlx::query(&self.queries.delete)
@@ -332,7 +384,9 @@ impl RelayStore for PgRelayStore {
                     Ok(()) => *listener = Some(fresh),
                     Err(error) => tracing::warn!(%error, "LISTEN failed; polling"),
                 },
-                Err(error) => tracing::warn!(%error, "could not open the wake-up connection; polling"),
+                Err(error) => {
+                    tracing::warn!(%error, "could not open the wake-up connection; polling")
+                }
             }
         }
         let Some(active) = listener.as_mut() else {
@@ -351,6 +405,8 @@ impl RelayStore for PgRelayStore {
     }
 
     async fn close(&self) {
+        // The wake-up connection goes back to the pool, so that the pool can close.
+        self.listener.lock().await.take();
         let mut session = self.session.lock().await;
         session.owned.clear();
         if let Some(conn) = session.conn.take() {

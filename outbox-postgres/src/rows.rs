@@ -38,11 +38,14 @@ pub(crate) fn decode(row: &PgRow) -> Result<StoredMessage, CorruptRow> {
         content_type: row.try_get("content_type").map_err(field)?,
         payload: row.try_get("payload").map_err(field)?,
         headers,
-        created_at: row.try_get::<DateTime<Utc>, _>("created_at").map_err(field)?,
+        created_at: row
+            .try_get::<DateTime<Utc>, _>("created_at")
+            .map_err(field)?,
     };
     Ok(StoredMessage {
         seq,
-        attempts: u32::try_from(attempts).map_err(|_| corrupt(format!("negative attempts {attempts}")))?,
+        attempts: u32::try_from(attempts)
+            .map_err(|_| corrupt(format!("negative attempts {attempts}")))?,
         message,
     })
 }
@@ -107,7 +110,15 @@ mod tests {
     #[test]
     fn headers_must_be_an_object_of_strings() {
         assert!(decode_headers(serde_json::json!({"a": "b"})).is_ok());
-        assert!(decode_headers(serde_json::json!([1])).expect_err("array").contains("not a JSON object"));
-        assert!(decode_headers(serde_json::json!({"a": 1})).expect_err("number").contains("`a`"));
+        assert!(
+            decode_headers(serde_json::json!([1]))
+                .expect_err("array")
+                .contains("not a JSON object")
+        );
+        assert!(
+            decode_headers(serde_json::json!({"a": 1}))
+                .expect_err("number")
+                .contains("`a`")
+        );
     }
 }

@@ -158,7 +158,14 @@ mod tests {
             .and_then(|t| t.outbox("events_outbox"))
             .expect("valid names");
         assert_eq!(tables.outbox_table(), "\"billing\".\"events_outbox\"");
-        for bad in ["", "Outbox", "1box", "out-box", "x\"; drop table y; --", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "Outbox",
+            "1box",
+            "out-box",
+            "x\"; drop table y; --",
+            &"a".repeat(64),
+        ] {
             let err = Tables::default().outbox(bad).expect_err(bad);
             assert!(err.to_string().contains("outbox table"), "{err}");
         }

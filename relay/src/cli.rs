@@ -99,12 +99,15 @@ pub struct RunArgs {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration like 500ms, 2s or 1m: {e}"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like 500ms, 2s or 1m: {e}"))
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
         _ => Err(format!("`{text}` is not KEY=VALUE")),
     }
 }
@@ -117,7 +120,10 @@ mod tests {
     fn durations_and_properties_parse_or_explain() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").expect_err("bad").contains("500ms"));
-        assert_eq!(parse_property("linger.ms=0"), Ok(("linger.ms".into(), "0".into())));
+        assert_eq!(
+            parse_property("linger.ms=0"),
+            Ok(("linger.ms".into(), "0".into()))
+        );
         assert!(parse_property("=x").is_err());
         assert!(parse_property("novalue").is_err());
     }

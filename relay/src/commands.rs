@@ -15,7 +15,9 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let tables = connect::tables(&args.database)?;
     let pool = connect::database(&args.database, 1).await?;
     let mut conn = pool.acquire().await.context("acquiring a connection")?;
-    let applied = outbox_postgres::migrate(&mut conn, &tables).await.context("migrating")?;
+    let applied = outbox_postgres::migrate(&mut conn, &tables)
+        .await
+        .context("migrating")?;
     if applied.is_empty() {
         println!("outbox schema is up to date");
     } else {
@@ -63,9 +65,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    let relay = Relay::new(PgRelayStore::new(pool.clone(), store_config), publisher, config);
+    let relay = Relay::new(
+        PgRelayStore::new(pool.clone(), store_config),
+        publisher,
+        config,
+    );
     let stats = relay.run(shutdown).await;
-    tracing::info!(published = stats.published, retried = stats.retried, dead_lettered = stats.dead_lettered, "relay finished");
+    drop(relay);
+    tracing::info!(
+        published = stats.published,
+        retried = stats.retried,
+        dead_lettered = stats.dead_lettered,
+        "relay finished"
+    );
     pool.close().await;
     Ok(())
 }

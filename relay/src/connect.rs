@@ -44,7 +44,10 @@ pub async fn database(args: &DatabaseArgs, pool_size: u32) -> anyhow::Result<PgP
     loop {
         let attempt = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
-            .acquire_timeout(args.connect_timeout.clamp(Duration::from_millis(100), Duration::from_secs(10)))
+            .acquire_timeout(
+                args.connect_timeout
+                    .clamp(Duration::from_millis(100), Duration::from_secs(10)),
+            )
             .connect_with(options.clone())
             .await;
         match attempt {
@@ -56,7 +59,10 @@ pub async fn database(args: &DatabaseArgs, pool_size: u32) -> anyhow::Result<PgP
             }
             Err(error) => {
                 return Err(anyhow!(error)).with_context(|| {
-                    format!("could not reach PostgreSQL at `{shown}` within {:?}", args.connect_timeout)
+                    format!(
+                        "could not reach PostgreSQL at `{shown}` within {:?}",
+                        args.connect_timeout
+                    )
                 });
             }
         }

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole flow on this machine: starts PostgreSQL and the Kafka broker (installing what is missing),
+# then runs the order-service demo: orders and their events written in one transaction, the relay
+# publishing them, and an inbox-backed consumer applying each once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(scripts/services.sh)"
+exec cargo run --quiet -p outbox-examples --bin orders-demo

@@ -1,0 +1,212 @@
+//! Bad input: unreachable services, invalid settings, a message the broker cannot take.
+
+use std::time::{Duration, Instant};
+
+use outbox_core::Message;
+use outbox_postgres::PgOutbox;
+use outbox_tests::{
+    InProcessRelay, TestDb, create_topic, init_logs, read_topic, run_relay_program, services,
+};
+
+use crate::{quick_config, relay_program};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_database_is_named_and_the_relay_exits_non_zero_after_the_configured_wait()
+-> anyhow::Result<()> {
+    let started = Instant::now();
+    let (status, stderr) = run_relay_program(
+        relay_program(),
+        &[
+            "run",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/nowhere",
+            "--brokers",
+            "127.0.0.1:9",
+            "--connect-timeout",
+            "2s",
+        ],
+    )
+    .await?;
+    let took = started.elapsed();
+    assert!(!status.success(), "exit status {status}");
+    assert!(stderr.contains("could not reach PostgreSQL"), "{stderr}");
+    assert!(
+        stderr.contains("127.0.0.1:1"),
+        "names the address: {stderr}"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "gave up after {took:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_broker_is_named_and_the_relay_exits_non_zero() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let (status, stderr) = run_relay_program(
+        relay_program(),
+        &[
+            "run",
+            "--database-url",
+            &db.url,
+            "--brokers",
+            "127.0.0.1:9",
+            "--connect-timeout",
+            "2s",
+        ],
+    )
+    .await?;
+    assert!(!status.success(), "exit status {status}");
+    assert!(stderr.contains("Kafka is not reachable"), "{stderr}");
+    assert!(
+        stderr.contains("127.0.0.1:9"),
+        "names the brokers: {stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_settings_get_a_clear_error() -> anyhow::Result<()> {
+    let brokers = services::brokers()?;
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["run", "--database-url", "not a url", "--brokers", &brokers],
+            "invalid --database-url",
+        ),
+        (
+            &[
+                "run",
+                "--database-url",
+                "postgres://u:secret@127.0.0.1:1/x",
+                "--brokers",
+                &brokers,
+                "--lanes",
+                "3",
+                "--connect-timeout",
+                "1s",
+            ],
+            "invalid --lanes",
+        ),
+        (
+            &[
+                "run",
+                "--database-url",
+                "postgres://127.0.0.1/x",
+                "--brokers",
+                &brokers,
+                "--batch-size",
+                "0",
+            ],
+            "invalid --batch-size",
+        ),
+        (
+            &[
+                "run",
+                "--database-url",
+                "postgres://127.0.0.1/x",
+                "--brokers",
+                &brokers,
+                "--poll-interval",
+                "soon",
+            ],
+            "is not a duration",
+        ),
+        (
+            &[
+                "run",
+                "--database-url",
+                "postgres://127.0.0.1/x",
+                "--brokers",
+                &brokers,
+                "-X",
+                "acks=1",
+            ],
+            "acks=1",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (status, stderr) = run_relay_program(relay_program(), args).await?;
+        assert!(!status.success(), "{args:?} exited {status}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected `{expected}` in: {stderr}"
+        );
+        assert!(
+            !stderr.contains("secret"),
+            "passwords are never printed: {stderr}"
+        );
+    }
+    let (status, stderr) =
+        run_relay_program(relay_program(), &["run", "--brokers", &brokers]).await?;
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--database-url"),
+        "a missing setting is named: {stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_creates_the_tables_once() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    sqlx::raw_sql("DROP TABLE outbox, outbox_dead_letters, inbox, outbox_migrations; DROP SEQUENCE IF EXISTS outbox_seq")
+        .execute(&db.pool)
+        .await?;
+    let (status, stderr) =
+        run_relay_program(relay_program(), &["migrate", "--database-url", &db.url]).await?;
+    assert!(status.success(), "{stderr}");
+    let (status, stderr) =
+        run_relay_program(relay_program(), &["migrate", "--database-url", &db.url]).await?;
+    assert!(status.success(), "{stderr}");
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM outbox_migrations")
+        .fetch_all(&db.pool)
+        .await?;
+    assert_eq!(versions, vec![1]);
+    assert_eq!(db.outbox_count().await?, 0, "the outbox table exists");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_larger_than_the_broker_accepts_is_parked_with_its_error_and_the_others_flow()
+-> anyhow::Result<()> {
+    init_logs();
+    let db = TestDb::create().await?;
+    let topic = create_topic(1).await?;
+    let mut messages = Vec::new();
+    for n in 0..5 {
+        messages.push(Message::builder(&topic).key("same-key").json(&n)?);
+    }
+    let huge = Message::builder(&topic)
+        .key("same-key")
+        .bytes(vec![b'x'; 2_000_000], "application/octet-stream")?;
+    messages.insert(2, huge.clone());
+    let mut tx = db.pool.begin().await?;
+    PgOutbox::new().enqueue_all(&mut tx, &messages).await?;
+    tx.commit().await?;
+
+    let relay = InProcessRelay::start(&db, quick_config())?;
+    db.wait_until_drained(Duration::from_secs(30)).await?;
+    let stats = relay.stop().await?;
+    assert_eq!(stats.published, 5);
+    assert_eq!(stats.dead_lettered, 1);
+
+    let (id, error, payload_len): (uuid::Uuid, String, i32) =
+        sqlx::query_as("SELECT id, error, length(payload) FROM outbox_dead_letters")
+            .fetch_one(&db.pool)
+            .await?;
+    assert_eq!(id, huge.id, "the oversized message is kept, not lost");
+    assert_eq!(payload_len, 2_000_000);
+    assert!(error.contains("MessageTooLarge"), "classified: {error}");
+    let records = read_topic(&topic, 5, Duration::from_secs(10)).await?;
+    let numbers: Vec<i64> = records
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        numbers,
+        vec![0, 1, 2, 3, 4],
+        "the rest of the lane was delivered in order"
+    );
+    Ok(())
+}

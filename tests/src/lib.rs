@@ -1,0 +1,362 @@
+//! Support for the end-to-end tests: services, fresh databases and topics, reading a topic back,
+//! running the relay in-process or as a child process.
+//!
+//! Services come from `DATABASE_URL` and `KAFKA_BROKERS` (`scripts/services.sh` starts both and
+//! prints them). A missing service fails the test with a message saying how to start it; nothing is
+//! skipped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use outbox_core::{CancellationToken, Relay, RelayConfig, RelayStats};
+use outbox_kafka::{ClientConfig, KafkaPublisher};
+use outbox_postgres::{PgRelayStore, PgRelayStoreConfig, Tables};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+pub mod services;
+
+/// Installs a log subscriber once (controlled by `RUST_LOG`, quiet by default).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A database of its own for one test, migrated, dropped when the value is dropped.
+pub struct TestDb {
+    /// A pool on the test database.
+    pub pool: PgPool,
+    /// The URL of the test database (for child processes).
+    pub url: String,
+    name: String,
+    admin: PgConnectOptions,
+}
+
+impl TestDb {
+    /// Creates a fresh database and applies the outbox migrations.
+    pub async fn create() -> anyhow::Result<Self> {
+        let base = services::database_url()?;
+        let admin =
+            PgConnectOptions::from_str(&base).context("DATABASE_URL is not a PostgreSQL URL")?;
+        let name = format!("outbox_e2e_{}", Uuid::now_v7().simple());
+        let mut conn = admin
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to PostgreSQL at DATABASE_URL ({base}); start it with scripts/services.sh"))?;
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        let options = admin.clone().database(&name);
+        let url = options.to_url_lossy().to_string();
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        outbox_postgres::migrate(&mut *pool.acquire().await?, &Tables::default()).await?;
+        Ok(Self {
+            pool,
+            url,
+            name,
+            admin,
+        })
+    }
+
+    /// Messages still in the outbox.
+    pub async fn outbox_count(&self) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Messages in the dead-letter table.
+    pub async fn dead_letter_count(&self) -> anyhow::Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM outbox_dead_letters")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Waits until the outbox is empty.
+    pub async fn wait_until_drained(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = self.outbox_count().await?;
+            if left == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("outbox still holds {left} messages after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        let pool = self.pool.clone();
+        // Dropping needs async work; do it on a thread of its own so any runtime state is fine.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                pool.close().await;
+                if let Ok(mut conn) = admin.connect().await {
+                    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Kafka client settings for the test broker.
+pub fn kafka_config() -> anyhow::Result<ClientConfig> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", services::brokers()?);
+    Ok(config)
+}
+
+/// Creates a topic with a fresh random name, so that tests never see each other's records.
+pub async fn create_topic(partitions: i32) -> anyhow::Result<String> {
+    let name = format!("e2e-{}", Uuid::now_v7().simple());
+    let admin: AdminClient<DefaultClientContext> = kafka_config()?.create()?;
+    let results = admin
+        .create_topics(
+            [&NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .with_context(|| "creating a topic failed; is the broker at KAFKA_BROKERS running? (scripts/services.sh)")?;
+    for result in results {
+        if let Err((topic, code)) = result {
+            bail!("creating topic {topic} failed: {code}");
+        }
+    }
+    Ok(name)
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub payload: Vec<u8>,
+    /// Headers as text.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Record {
+    /// The `ce_id` header.
+    pub fn id(&self) -> Option<Uuid> {
+        self.headers
+            .get("ce_id")
+            .and_then(|id| Uuid::parse_str(id).ok())
+    }
+}
+
+/// Reads `topic` from the beginning of every partition until `expected` records arrived, or until no
+/// new record came for `idle` (then returns what it has: callers assert on the count).
+pub async fn read_topic(
+    topic: &str,
+    expected: usize,
+    idle: Duration,
+) -> anyhow::Result<Vec<Record>> {
+    let topic = topic.to_owned();
+    let config = kafka_config()?;
+    tokio::task::spawn_blocking(move || read_topic_blocking(&config, &topic, expected, idle))
+        .await?
+}
+
+fn read_topic_blocking(
+    config: &ClientConfig,
+    topic: &str,
+    expected: usize,
+    idle: Duration,
+) -> anyhow::Result<Vec<Record>> {
+    let mut config = config.clone();
+    config
+        .set("group.id", format!("reader-{}", Uuid::now_v7().simple()))
+        .set("enable.auto.commit", "false")
+        // tansu answers long-polling fetches over several partitions slowly; short polls keep the
+        // reader from idling out while records are still waiting.
+        .set("fetch.wait.max.ms", "10");
+    let consumer: BaseConsumer = config.create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .context("topic not in metadata")?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions as i32 {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut records = Vec::with_capacity(expected.min(100_000));
+    let mut last = std::time::Instant::now();
+    while records.len() < expected && last.elapsed() < idle {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                last = std::time::Instant::now();
+                let headers = message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(Record {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    headers,
+                });
+            }
+            Some(Err(error)) => bail!("reading {topic} failed: {error}"),
+            None => {}
+        }
+    }
+    Ok(records)
+}
+
+/// A relay running in this process over the test database and broker.
+pub struct InProcessRelay {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<RelayStats>,
+}
+
+impl InProcessRelay {
+    /// Starts a relay with `config` (lanes: 64).
+    pub fn start(db: &TestDb, config: RelayConfig) -> anyhow::Result<Self> {
+        let publisher = KafkaPublisher::new(&kafka_config()?)?;
+        let store = PgRelayStore::new(db.pool.clone(), PgRelayStoreConfig::default());
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task =
+            tokio::spawn(async move { Relay::new(store, publisher, config).run(token).await });
+        Ok(Self { shutdown, task })
+    }
+
+    /// Stops it and returns its counters.
+    pub async fn stop(self) -> anyhow::Result<RelayStats> {
+        self.shutdown.cancel();
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.task).await??)
+    }
+}
+
+/// The relay program as a child process, its log in a file.
+pub struct RelayProcess {
+    child: Child,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl RelayProcess {
+    /// Starts `program run` (the relay program) on `db` with extra flags.
+    pub fn spawn(program: &Path, db: &TestDb, extra: &[&str]) -> anyhow::Result<Self> {
+        let log = std::env::temp_dir().join(format!("relay-{}.log", Uuid::now_v7().simple()));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(program)
+            .arg("run")
+            .args([
+                "--database-url",
+                &db.url,
+                "--brokers",
+                &services::brokers()?,
+            ])
+            .args(extra)
+            .env("OUTBOX_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the relay program")?;
+        Ok(Self { child, log })
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("relay already exited")?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed");
+        }
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// Runs the relay program to completion with `args` and without the services' variables; returns
+/// its exit status and stderr.
+pub async fn run_relay_program(
+    program: &Path,
+    args: &[&str],
+) -> anyhow::Result<(std::process::ExitStatus, String)> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("KAFKA_BROKERS");
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output()).await??;
+    Ok((
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// Opens a plain connection to the test database (outside its pool).
+pub async fn connect(db: &TestDb) -> anyhow::Result<PgConnection> {
+    Ok(PgConnection::connect(&db.url).await?)
+}
