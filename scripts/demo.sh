@@ -4,5 +4,6 @@
 # publishing them, and an inbox-backed consumer applying each once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(scripts/services.sh)"
+services=$(scripts/services.sh) # fails the script if a service cannot start
+eval "$services"
 exec cargo run --quiet -p outbox-examples --bin orders-demo

@@ -3,5 +3,6 @@
 # missing), then the whole workspace's tests. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(scripts/services.sh)"
+services=$(scripts/services.sh) # fails the script if a service cannot start
+eval "$services"
 cargo test --workspace "$@"

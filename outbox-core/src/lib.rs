@@ -28,6 +28,7 @@
 //! | `test-utils` | [`testing`]: an in-memory store and a scriptable publisher |
 
 pub mod error;
+pub mod fence;
 pub mod headers;
 pub mod inbox;
 pub mod lane;
@@ -40,6 +41,7 @@ pub mod store;
 pub mod testing;
 
 pub use error::{BoxError, Error};
+pub use fence::Fence;
 pub use inbox::Inbox;
 pub use message::{Message, MessageBuilder};
 pub use publisher::{PublishError, PublishErrorKind, Publisher};

@@ -3,13 +3,18 @@
 use std::future::Future;
 
 use crate::error::BoxError;
+use crate::fence::Fence;
 use crate::store::StoredMessage;
 
 /// Why a message could not be published, as far as the relay's next step is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PublishErrorKind {
-    /// The broker was unreachable, slow or briefly refused; trying again may succeed.
+    /// The broker is unreachable, timed out, or has no leader for the partition: nothing is wrong
+    /// with the message. Retried with backoff for as long as it lasts; never a dead letter.
+    Unavailable,
+    /// The broker refused this record for a reason that may pass (a retriable error code); counted
+    /// against the retry policy's attempts.
     Transient,
     /// The record is larger than the producer or the broker accepts.
     MessageTooLarge,
@@ -19,12 +24,20 @@ pub enum PublishErrorKind {
     Unauthorized,
     /// The broker rejected the record for another reason that a retry will not change.
     Rejected,
+    /// Not sent: the relay's lease expired first. The lane's next owner publishes the message.
+    Fenced,
 }
 
 impl PublishErrorKind {
+    /// Whether failures of this kind count towards the dead-letter threshold. Outages do not: a
+    /// message is not poison because the broker was down.
+    pub fn counts_as_attempt(self) -> bool {
+        !matches!(self, Self::Unavailable | Self::Fenced)
+    }
+
     /// Whether the same record may succeed if sent again later.
     pub fn is_retriable(self) -> bool {
-        matches!(self, Self::Transient)
+        matches!(self, Self::Unavailable | Self::Transient | Self::Fenced)
     }
 }
 
@@ -74,8 +87,13 @@ impl PublishError {
 pub trait Publisher: Send + Sync {
     /// Publishes `batch` and waits until the broker acknowledged or refused every message. Returns one
     /// outcome per message, in the batch's order.
+    ///
+    /// Before handing each message to the broker the publisher checks `fence`; once it has expired
+    /// (this relay may have lost its lanes) the remaining messages are not sent and come back as
+    /// [`PublishErrorKind::Fenced`].
     fn publish(
         &self,
         batch: &[StoredMessage],
+        fence: &Fence,
     ) -> impl Future<Output = Vec<Result<(), PublishError>>> + Send;
 }

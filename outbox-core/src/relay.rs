@@ -160,7 +160,8 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
         shutdown: &CancellationToken,
         stats: &mut RelayStats,
     ) {
-        let publishing = self.publisher.publish(&batch);
+        let fence = self.store.fence();
+        let publishing = self.publisher.publish(&batch, &fence);
         tokio::pin!(publishing);
         let outcomes = tokio::select! {
             outcomes = &mut publishing => outcomes,
@@ -170,6 +171,15 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
                 return;
             }
         };
+        if !fence.is_valid() {
+            tracing::warn!(
+                messages = batch.len(),
+                "lease expired while publishing; leaving the batch to the lanes' next owner"
+            );
+            stats.abandoned_batches += 1;
+            sleep_unless_cancelled(self.config.store_backoff, shutdown).await;
+            return;
+        }
         let settlement = self.settlement(&batch, outcomes);
         for attempt in 1..=3u32 {
             match self.store.settle(&settlement).await {
@@ -415,6 +425,43 @@ mod tests {
             10,
             "each message twice: at least once, never lost"
         );
+    }
+
+    #[tokio::test]
+    async fn a_relay_whose_lease_expired_sends_nothing_more_and_settles_nothing() {
+        let store = MemoryStore::new();
+        store.enqueue((0..20).map(|n| message("a", n)));
+        let lease = store.fence();
+        let publisher = MemoryPublisher::failing(move |stored| {
+            // The lease runs out while the fifth message is being handed over.
+            if stored.seq == 5 {
+                lease.expire();
+            }
+            None
+        });
+        let relay = Relay::new(
+            store.clone(),
+            publisher.clone(),
+            fast_config().batch_size(10).expect("valid"),
+        );
+        let shutdown = CancellationToken::new();
+        let stopper = shutdown.clone();
+        let (stats, ()) = tokio::join!(relay.run(shutdown), async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stopper.cancel();
+        });
+        assert_eq!(
+            publisher.published().len(),
+            5,
+            "messages 1-5 went out before the lease expired, none after"
+        );
+        assert_eq!(
+            store.pending().len(),
+            20,
+            "nothing settled: the next owner publishes the batch again"
+        );
+        assert!(stats.abandoned_batches >= 1);
+        assert_eq!(stats.published, 0);
     }
 
     #[tokio::test]

@@ -94,8 +94,11 @@ impl RetryPolicy {
     }
 
     /// Decides the fate of a message that has now failed `failed` times, the last time with `error`.
+    /// Outages ([`PublishErrorKind::Unavailable`](crate::PublishErrorKind::Unavailable)) are
+    /// retried whatever the count.
     pub fn decide(&self, failed: u32, error: &PublishError) -> Decision {
-        if error.is_retriable() && failed < self.max_attempts {
+        if error.is_retriable() && (failed < self.max_attempts || !error.kind().counts_as_attempt())
+        {
             Decision::RetryAfter(self.delay_after(failed))
         } else {
             Decision::DeadLetter

@@ -82,6 +82,12 @@ pub trait RelayStore: Send + Sync {
     /// Returns when new messages may be waiting, or after `max_wait` at the latest.
     fn wait_for_work(&self, max_wait: Duration) -> impl Future<Output = ()> + Send;
 
+    /// The fence guarding this relay's claims: valid while the store knows the relay still owns the
+    /// lanes it claimed from. Default: a fence that never expires (no leases).
+    fn fence(&self) -> crate::Fence {
+        crate::Fence::unbounded()
+    }
+
     /// Gives up whatever the store holds for this relay (lanes, connections) when the relay stops,
     /// so that other relays take over at once. Default: nothing to give up.
     fn close(&self) -> impl Future<Output = ()> + Send {

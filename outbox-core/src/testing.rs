@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
+use crate::fence::Fence;
 use crate::message::Message;
 use crate::publisher::{PublishError, PublishErrorKind, Publisher};
 use crate::store::{DeadLetter, RelayStore, Settlement, StoredMessage};
@@ -25,6 +26,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct MemoryStore {
     inner: Arc<Mutex<StoreState>>,
     wake: Arc<tokio::sync::Notify>,
+    fence: Fence,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +79,11 @@ impl MemoryStore {
     /// Messages parked as dead letters, with their failure.
     pub fn dead_letters(&self) -> Vec<(StoredMessage, DeadLetter)> {
         lock(&self.inner).dead_letters.clone()
+    }
+
+    /// The store's lease fence (never expires unless a test expires it).
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
     }
 
     /// Makes the next `count` settlements fail, as a database outage would.
@@ -143,6 +150,10 @@ impl RelayStore for MemoryStore {
     async fn wait_for_work(&self, max_wait: Duration) {
         let _ = tokio::time::timeout(max_wait, self.wake.notified()).await;
     }
+
+    fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
 }
 
 type FailureScript = Box<dyn FnMut(&StoredMessage) -> Option<PublishErrorKind> + Send>;
@@ -189,16 +200,25 @@ impl MemoryPublisher {
 }
 
 impl Publisher for MemoryPublisher {
-    async fn publish(&self, batch: &[StoredMessage]) -> Vec<Result<(), PublishError>> {
+    async fn publish(
+        &self,
+        batch: &[StoredMessage],
+        fence: &Fence,
+    ) -> Vec<Result<(), PublishError>> {
         let mut script = lock(&self.script);
         let mut published = lock(&self.published);
         batch
             .iter()
-            .map(|stored| match script(stored) {
-                Some(kind) => Err(PublishError::new(kind, "scripted failure")),
-                None => {
-                    published.push(stored.message.clone());
-                    Ok(())
+            .map(|stored| {
+                if !fence.is_valid() {
+                    return Err(PublishError::new(PublishErrorKind::Fenced, "lease expired"));
+                }
+                match script(stored) {
+                    Some(kind) => Err(PublishError::new(kind, "scripted failure")),
+                    None => {
+                        published.push(stored.message.clone());
+                        Ok(())
+                    }
                 }
             })
             .collect()

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use outbox_core::{PublishError, PublishErrorKind, Publisher, StoredMessage};
+use outbox_core::{Fence, PublishError, PublishErrorKind, Publisher, StoredMessage};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -17,6 +17,10 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("partitioner", "murmur2_random"),
     // Batch for up to 5 ms: the relay sends whole claims at once, so this costs little latency.
     ("linger.ms", "5"),
+    // Give up on a send after 5 s (the relay retries it with backoff). This must stay below the
+    // relay's lease: a message still queued when a paused relay resumes past its lease then fails
+    // instead of being sent after another relay took the lane over.
+    ("message.timeout.ms", "5000"),
 ];
 
 /// Publishes outbox messages to Kafka with `enable.idempotence=true` and `acks=all`.
@@ -117,9 +121,20 @@ impl KafkaPublisher {
 }
 
 impl Publisher for KafkaPublisher {
-    async fn publish(&self, batch: &[StoredMessage]) -> Vec<Result<(), PublishError>> {
+    async fn publish(
+        &self,
+        batch: &[StoredMessage],
+        fence: &Fence,
+    ) -> Vec<Result<(), PublishError>> {
         let mut pending = Vec::with_capacity(batch.len());
         for stored in batch {
+            if !fence.is_valid() {
+                pending.push(Err(PublishError::new(
+                    PublishErrorKind::Fenced,
+                    "lease expired before the message was sent",
+                )));
+                continue;
+            }
             pending.push(self.enqueue(stored).await);
         }
         join_all(pending.into_iter().map(|queued| async move {

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outbox_core::{RelayStore, Settlement, StoredMessage};
+use outbox_core::{Fence, RelayStore, Settlement, StoredMessage};
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::Mutex;
@@ -21,6 +21,7 @@ pub struct PgRelayStoreConfig {
     tables: Tables,
     lanes: u32,
     rebalance_interval: Duration,
+    lease: Duration,
 }
 
 impl Default for PgRelayStoreConfig {
@@ -29,6 +30,7 @@ impl Default for PgRelayStoreConfig {
             tables: Tables::default(),
             lanes: 64,
             rebalance_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(10),
         }
     }
 }
@@ -62,6 +64,23 @@ impl PgRelayStoreConfig {
         self.rebalance_interval = interval;
         self
     }
+
+    /// How long a relay that stopped answering (a paused process, a dead host) keeps its lanes
+    /// before PostgreSQL ends its session and another relay takes them over. Default 10 s; at least
+    /// 1 s. The relay renews it every quarter of the lease, and stops sending once a fifth of it is
+    /// left without renewal.
+    ///
+    /// # Errors
+    /// [`Error::Config`] below 1 s.
+    pub fn lease(mut self, lease: Duration) -> Result<Self, Error> {
+        if lease < Duration::from_secs(1) {
+            return Err(Error::Config(format!(
+                "lease must be at least 1s, got {lease:?}"
+            )));
+        }
+        self.lease = lease;
+        Ok(self)
+    }
 }
 
 /// The relay store on PostgreSQL.
@@ -83,13 +102,19 @@ pub struct PgRelayStore {
     channel: String,
     lanes: u32,
     rebalance_interval: Duration,
-    session: Mutex<Session>,
+    lease: Duration,
+    session: Arc<Mutex<Session>>,
+    fence: std::sync::Mutex<Fence>,
     listener: Mutex<Option<PgListener>>,
 }
 
 #[derive(Debug, Default)]
 struct Session {
     conn: Option<PgConnection>,
+    /// Valid while `conn` holds the lanes; expired when the session is lost.
+    fence: Option<Fence>,
+    /// Start of the last round trip that succeeded on `conn`.
+    last_ok: Option<Instant>,
     epoch: u64,
     claimed_epoch: u64,
     owned: BTreeSet<i32>,
@@ -109,7 +134,9 @@ impl PgRelayStore {
             pool,
             lanes: config.lanes,
             rebalance_interval: config.rebalance_interval,
-            session: Mutex::new(Session::default()),
+            lease: config.lease,
+            session: Arc::new(Mutex::new(Session::default())),
+            fence: std::sync::Mutex::new(Fence::expired()),
             listener: Mutex::new(None),
         }
     }
@@ -120,6 +147,7 @@ impl PgRelayStore {
     }
 
     async fn connect(&self, session: &mut Session) -> Result<(), Error> {
+        let started = Instant::now();
         let mut conn = PgConnection::connect_with(&self.connect).await?;
         let others = sqlx::query(&self.queries.members)
             .fetch_all(&mut conn)
@@ -138,8 +166,23 @@ impl PgRelayStore {
             .bind(MEMBER_BASE + self.lanes as i32)
             .execute(&mut conn)
             .await?;
+        // The server ends the session, and so releases its lanes, once it has been idle for a lease.
+        let set_timeout = format!("SET idle_session_timeout = {}", self.lease.as_millis());
+        sqlx::Executor::execute(&mut conn, sqlx::raw_sql(&set_timeout)).await?;
+        let fence = Fence::expired();
+        *self
+            .fence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fence.clone();
+        session.fence = Some(fence);
+        session.renew(started, self.lease);
         session.conn = Some(conn);
         session.epoch += 1;
+        tokio::spawn(heartbeat(
+            Arc::downgrade(&self.session),
+            session.epoch,
+            self.lease,
+        ));
         session.owned.clear();
         session.horizon = Horizon::default();
         session.last_rebalance = None;
@@ -207,6 +250,7 @@ impl PgRelayStore {
         session: &mut Session,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, Error> {
+        let started = Instant::now();
         if session.conn.is_none() {
             self.connect(session).await?;
         }
@@ -257,6 +301,7 @@ impl PgRelayStore {
             self.park_corrupt(conn, corrupt).await?;
         }
         session.claimed_epoch = session.epoch;
+        session.renew(started, self.lease);
         Ok(batch)
     }
 
@@ -339,8 +384,20 @@ impl PgRelayStore {
 }
 
 impl Session {
+    /// Records a successful round trip that started at `started`: the lanes are ours until the
+    /// server could end the idle session, less a safety margin.
+    fn renew(&mut self, started: Instant, lease: Duration) {
+        self.last_ok = Some(started);
+        if let Some(fence) = &self.fence {
+            fence.extend_to(started + lease - lease / 5);
+        }
+    }
+
     /// Drops the session; PostgreSQL releases its locks when the connection closes.
     fn disconnect(&mut self, error: &Error) {
+        if let Some(fence) = self.fence.take() {
+            fence.expire();
+        }
         if self.conn.take().is_some() {
             tracing::warn!(error = %outbox_core::relay::error_chain(error), released = self.owned.len(), "relay session lost; its lanes are released");
         }
@@ -368,9 +425,11 @@ impl RelayStore for PgRelayStore {
         let Some(conn) = session.conn.as_mut() else {
             return Ok(0);
         };
+        let started = Instant::now();
         let result = self.settle_in(conn, settlement).await;
-        if let Err(error) = &result {
-            session.disconnect(error);
+        match &result {
+            Ok(_) => session.renew(started, self.lease),
+            Err(error) => session.disconnect(error),
         }
         result
     }
@@ -404,16 +463,56 @@ impl RelayStore for PgRelayStore {
         }
     }
 
+    fn fence(&self) -> Fence {
+        self.fence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     async fn close(&self) {
         // The wake-up connection goes back to the pool, so that the pool can close.
         self.listener.lock().await.take();
         let mut session = self.session.lock().await;
         session.owned.clear();
+        if let Some(fence) = session.fence.take() {
+            fence.expire();
+        }
         if let Some(conn) = session.conn.take() {
             if let Err(error) = conn.close().await {
                 tracing::warn!(%error, "closing the relay session failed; the server releases its lanes when it notices");
             }
             tracing::info!("relay session closed; lanes released");
+        }
+    }
+}
+
+/// Keeps the session of `epoch` busy enough that the server does not end it while the relay is
+/// healthy (waiting for broker acknowledgements, or idle). Ends with the session.
+async fn heartbeat(session: std::sync::Weak<Mutex<Session>>, epoch: u64, lease: Duration) {
+    let every = lease / 4;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(session) = session.upgrade() else {
+            return;
+        };
+        let mut session = session.lock().await;
+        if session.epoch != epoch || session.conn.is_none() {
+            return;
+        }
+        if session.last_ok.is_some_and(|at| at.elapsed() < every) {
+            continue;
+        }
+        let started = Instant::now();
+        let Some(conn) = session.conn.as_mut() else {
+            return;
+        };
+        match conn.ping().await {
+            Ok(_) => session.renew(started, lease),
+            Err(error) => {
+                session.disconnect(&Error::Database(error));
+                return;
+            }
         }
     }
 }

@@ -77,7 +77,11 @@ pub struct RunArgs {
     #[arg(long, env = "OUTBOX_LANES", default_value_t = 64)]
     pub lanes: u32,
 
-    /// Publish attempts before a retriable failure becomes a dead letter.
+    /// How long a relay that stopped answering keeps its lanes before another relay takes them over (at least 1s).
+    #[arg(long, env = "OUTBOX_LEASE", default_value = "10s", value_parser = parse_duration)]
+    pub lease: Duration,
+
+    /// Publish attempts before a retriable failure becomes a dead letter (broker outages do not count).
     #[arg(long, env = "OUTBOX_MAX_ATTEMPTS", default_value_t = 10)]
     pub max_attempts: u32,
 

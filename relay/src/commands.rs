@@ -44,7 +44,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let store_config = PgRelayStoreConfig::default()
         .tables(tables.clone())
         .lanes(args.lanes)
-        .context("invalid --lanes / OUTBOX_LANES")?;
+        .context("invalid --lanes / OUTBOX_LANES")?
+        .lease(args.lease)
+        .context("invalid --lease / OUTBOX_LEASE")?;
     if args.brokers.trim().is_empty() {
         anyhow::bail!("--brokers / KAFKA_BROKERS is empty");
     }
@@ -53,6 +55,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     for (key, value) in &args.producer_properties {
         kafka.set(key, value);
     }
+    send_timeout_within_lease(&mut kafka, args.lease)?;
     let publisher = KafkaPublisher::new(&kafka).context("invalid Kafka producer settings")?;
 
     let pool = connect::database(&args.database, args.pool_size).await?;
@@ -101,4 +104,54 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
     // A second signal while draining is not awaited: the grace period bounds the stop.
     tokio::time::sleep(Duration::from_secs(3600)).await;
+}
+
+/// A message must be delivered or given up well within the lease; otherwise a relay resumed after
+/// its lease could still send what it queued before it was paused. Sets `message.timeout.ms` to half
+/// the lease (at most 5 s) unless given, and refuses a given value that is not below 4/5 of the lease.
+fn send_timeout_within_lease(kafka: &mut ClientConfig, lease: Duration) -> anyhow::Result<()> {
+    let limit = lease - lease / 5;
+    for key in ["message.timeout.ms", "delivery.timeout.ms"] {
+        if let Some(value) = kafka.get(key) {
+            let millis: u64 = value.parse().with_context(|| {
+                format!("invalid -X {key}={value}: not a number of milliseconds")
+            })?;
+            if Duration::from_millis(millis) >= limit || millis == 0 {
+                anyhow::bail!(
+                    "invalid -X {key}={value}: must be between 1 and {} ms (4/5 of --lease {lease:?}) so that a paused relay cannot send after losing its lanes",
+                    limit.as_millis() - 1
+                );
+            }
+            return Ok(());
+        }
+    }
+    let timeout = (lease / 2).min(Duration::from_secs(5));
+    kafka.set("message.timeout.ms", timeout.as_millis().to_string());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_timeout_defaults_inside_the_lease_and_longer_ones_are_refused() {
+        let mut kafka = ClientConfig::new();
+        send_timeout_within_lease(&mut kafka, Duration::from_secs(10)).expect("default");
+        assert_eq!(kafka.get("message.timeout.ms"), Some("5000"));
+        let mut kafka = ClientConfig::new();
+        send_timeout_within_lease(&mut kafka, Duration::from_secs(2)).expect("default");
+        assert_eq!(kafka.get("message.timeout.ms"), Some("1000"));
+        let mut kafka = ClientConfig::new();
+        kafka.set("message.timeout.ms", "300000");
+        let error =
+            send_timeout_within_lease(&mut kafka, Duration::from_secs(10)).expect_err("too long");
+        assert!(
+            error.to_string().contains("message.timeout.ms=300000"),
+            "{error}"
+        );
+        let mut kafka = ClientConfig::new();
+        kafka.set("delivery.timeout.ms", "soon");
+        assert!(send_timeout_within_lease(&mut kafka, Duration::from_secs(10)).is_err());
+    }
 }

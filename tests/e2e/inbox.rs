@@ -24,7 +24,10 @@ async fn publish(topic: &str, messages: &[Message]) -> anyhow::Result<()> {
             message: message.clone(),
         })
         .collect();
-    for outcome in publisher.publish(&batch).await {
+    for outcome in publisher
+        .publish(&batch, &outbox_core::Fence::unbounded())
+        .await
+    {
         outcome?;
     }
     let _ = topic;
