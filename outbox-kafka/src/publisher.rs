@@ -29,7 +29,9 @@ const DEFAULTS: &[(&str, &str)] = &[
 /// (`enable.idempotence=false`, `acks` other than `all`/`-1`) are refused. Records follow the
 /// CloudEvents Kafka binding (see [`crate::record`]).
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    /// Replaced after a delivery timeout or a fatal error (see [`KafkaPublisher::renew_if_needed`]).
+    producer: std::sync::RwLock<FutureProducer>,
+    config: ClientConfig,
     brokers: String,
 }
 
@@ -84,7 +86,8 @@ impl KafkaPublisher {
             .unwrap_or_default()
             .to_owned();
         Ok(Self {
-            producer: config.create()?,
+            producer: std::sync::RwLock::new(config.create()?),
+            config,
             brokers,
         })
     }
@@ -94,7 +97,7 @@ impl KafkaPublisher {
     /// # Errors
     /// [`Error::Unreachable`] naming the brokers when none answered within `timeout`.
     pub async fn check_reachable(&self, timeout: Duration) -> Result<(), Error> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let result = tokio::task::spawn_blocking(move || {
             producer.client().fetch_metadata(None, timeout).map(|_| ())
         })
@@ -109,14 +112,41 @@ impl KafkaPublisher {
 
     /// Waits for everything queued to be sent (used on shutdown).
     pub fn flush(&self, timeout: Duration) {
-        if let Err(error) = self.producer.flush(timeout) {
+        if let Err(error) = self.producer().flush(timeout) {
             tracing::warn!(%error, "flushing the producer did not finish");
         }
     }
 
-    /// The underlying producer.
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
+    /// The producer in use (a cheap handle).
+    pub fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the producer with a fresh one after a batch in which a delivery timed out or the
+    /// producer raised a fatal error. An idempotent producer must be recreated after a fatal error;
+    /// after a timeout librdkafka bumps the producer epoch to close the sequence gap, which some
+    /// Kafka-protocol brokers do not handle (tansu 0.6 then fails every later write), while a fresh
+    /// producer starts a new producer id. Nothing is lost: the failed messages are retried.
+    fn renew_if_needed(&self, producer: &FutureProducer, timed_out: bool) {
+        let fatal = producer.client().fatal_error();
+        if !timed_out && fatal.is_none() {
+            return;
+        }
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(timed_out, fatal = ?fatal, "replacing the Kafka producer");
+                *self
+                    .producer
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not create a fresh Kafka producer; keeping the old one")
+            }
+        }
     }
 }
 
@@ -126,6 +156,7 @@ impl Publisher for KafkaPublisher {
         batch: &[StoredMessage],
         fence: &Fence,
     ) -> Vec<Result<(), PublishError>> {
+        let producer = self.producer();
         let mut pending = Vec::with_capacity(batch.len());
         for stored in batch {
             if !fence.is_valid() {
@@ -135,20 +166,31 @@ impl Publisher for KafkaPublisher {
                 )));
                 continue;
             }
-            pending.push(self.enqueue(stored).await);
+            pending.push(self.enqueue(&producer, stored).await);
         }
-        join_all(pending.into_iter().map(|queued| async move {
-            let future = queued?;
-            match future.await {
-                Ok(Ok(_delivery)) => Ok(()),
-                Ok(Err((error, _message))) => Err(PublishError::new(classify(&error), error)),
-                Err(_canceled) => Err(PublishError::new(
-                    PublishErrorKind::Transient,
-                    KafkaError::Canceled,
-                )),
+        let timed_out = std::sync::atomic::AtomicBool::new(false);
+        let outcomes = join_all(pending.into_iter().map(|queued| {
+            let timed_out = &timed_out;
+            async move {
+                let future = queued?;
+                match future.await {
+                    Ok(Ok(_delivery)) => Ok(()),
+                    Ok(Err((error, _message))) => {
+                        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
+                            timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(PublishError::new(classify(&error), error))
+                    }
+                    Err(_canceled) => Err(PublishError::new(
+                        PublishErrorKind::Unavailable,
+                        KafkaError::Canceled,
+                    )),
+                }
             }
         }))
-        .await
+        .await;
+        self.renew_if_needed(&producer, timed_out.into_inner());
+        outcomes
     }
 }
 
@@ -156,6 +198,7 @@ impl KafkaPublisher {
     /// Hands one record to librdkafka, waiting while its queue is full.
     async fn enqueue(
         &self,
+        producer: &FutureProducer,
         stored: &StoredMessage,
     ) -> Result<rdkafka::producer::DeliveryFuture, PublishError> {
         let message = &stored.message;
@@ -168,7 +211,7 @@ impl KafkaPublisher {
             record = record.key(key.as_slice());
         }
         loop {
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(future) => return Ok(future),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
