@@ -24,6 +24,7 @@ pub struct RelayConfig {
     retry: RetryPolicy,
     shutdown_grace: Duration,
     store_backoff: Duration,
+    pipeline: bool,
 }
 
 impl Default for RelayConfig {
@@ -34,6 +35,7 @@ impl Default for RelayConfig {
             retry: RetryPolicy::default(),
             shutdown_grace: Duration::from_secs(10),
             store_backoff: Duration::from_millis(500),
+            pipeline: true,
         }
     }
 }
@@ -77,6 +79,14 @@ impl RelayConfig {
     /// (abandoned messages stay in the outbox and are published again later). Default 10 s.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Whether to claim the next batch while the broker is still acknowledging the current one.
+    /// Default on. The prefetched batch is published only if the current one settled without a
+    /// failure; otherwise it is dropped and claimed again (a failure may have blocked its lanes).
+    pub fn pipeline(mut self, pipeline: bool) -> Self {
+        self.pipeline = pipeline;
         self
     }
 
@@ -126,7 +136,13 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
     /// connection) are logged and retried; they never end the run.
     pub async fn run(&self, shutdown: CancellationToken) -> RelayStats {
         let mut stats = RelayStats::default();
+        let mut prefetched = Vec::new();
         while !shutdown.is_cancelled() {
+            if !prefetched.is_empty() {
+                let batch = std::mem::take(&mut prefetched);
+                prefetched = self.pass(batch, &shutdown, &mut stats).await;
+                continue;
+            }
             let claimed = tokio::select! {
                 () = shutdown.cancelled() => break,
                 claimed = self.store.claim(self.config.batch_size) => claimed,
@@ -146,29 +162,44 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
                 }
                 continue;
             }
-            self.pass(batch, &shutdown, &mut stats).await;
+            prefetched = self.pass(batch, &shutdown, &mut stats).await;
         }
         self.store.close().await;
         tracing::info!(?stats, "relay stopped");
         stats
     }
 
-    /// Publishes one claimed batch and settles it.
+    /// Publishes one claimed batch and settles it; returns the next batch when it could be claimed
+    /// while this one was in flight and this one settled cleanly.
     async fn pass(
         &self,
         batch: Vec<StoredMessage>,
         shutdown: &CancellationToken,
         stats: &mut RelayStats,
-    ) {
+    ) -> Vec<StoredMessage> {
         let fence = self.store.fence();
+        let after = batch.last().map_or(0, |stored| stored.seq);
         let publishing = self.publisher.publish(&batch, &fence);
-        tokio::pin!(publishing);
-        let outcomes = tokio::select! {
-            outcomes = &mut publishing => outcomes,
+        let prefetch = async {
+            if !self.config.pipeline {
+                return Vec::new();
+            }
+            self.store
+                .claim_after(self.config.batch_size, after)
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::debug!(error = %error_chain(&error), "claiming ahead failed; claiming after settling instead");
+                    Vec::new()
+                })
+        };
+        let both = futures::future::join(publishing, prefetch);
+        tokio::pin!(both);
+        let (outcomes, next) = tokio::select! {
+            done = &mut both => done,
             () = grace_after(shutdown, self.config.shutdown_grace) => {
                 tracing::warn!(messages = batch.len(), "shutdown grace elapsed; abandoning the in-flight batch (it will be published again)");
                 stats.abandoned_batches += 1;
-                return;
+                return Vec::new();
             }
         };
         if !fence.is_valid() {
@@ -178,7 +209,7 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
             );
             stats.abandoned_batches += 1;
             sleep_unless_cancelled(self.config.store_backoff, shutdown).await;
-            return;
+            return Vec::new();
         }
         let settlement = self.settlement(&batch, outcomes);
         for attempt in 1..=3u32 {
@@ -203,7 +234,10 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
                         dead_letters = settlement.dead_letters.len(),
                         "batch settled"
                     );
-                    return;
+                    let clean = settlement.retries.is_empty()
+                        && settlement.dead_letters.is_empty()
+                        && changed == expected as u64;
+                    return if clean { next } else { Vec::new() };
                 }
                 Err(error) => {
                     tracing::warn!(attempt, error = %error_chain(&error), "writing back a published batch failed");
@@ -216,6 +250,7 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
             "could not write back a published batch; its messages will be published again"
         );
         stats.abandoned_batches += 1;
+        Vec::new()
     }
 
     fn settlement(

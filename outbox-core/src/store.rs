@@ -72,6 +72,20 @@ pub trait RelayStore: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<StoredMessage>, Self::Error>> + Send;
 
+    /// Claims the batch that follows an in-flight one, while the broker is still acknowledging it:
+    /// up to `limit` due messages numbered above `after` (the in-flight batch's last `seq`), in the
+    /// same order as [`claim`](Self::claim), leaving out every lane that has a message waiting for a
+    /// retry. It must not change lane ownership (the in-flight batch's lanes stay this relay's).
+    /// Default: nothing, which turns pipelining off.
+    fn claim_after(
+        &self,
+        limit: usize,
+        after: i64,
+    ) -> impl Future<Output = Result<Vec<StoredMessage>, Self::Error>> + Send {
+        let _ = (limit, after);
+        async { Ok(Vec::new()) }
+    }
+
     /// Writes back the outcome of a batch. Returns how many messages it changed; fewer than the
     /// settlement names means this relay no longer owned some of them (another relay took over).
     fn settle(

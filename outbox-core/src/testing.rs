@@ -86,6 +86,37 @@ impl MemoryStore {
         self.fence.clone()
     }
 
+    /// Due messages in order; with `after`, only those numbered above it, and no key that has a
+    /// message waiting for a retry.
+    fn due(&self, limit: usize, after: Option<i64>) -> Vec<StoredMessage> {
+        let state = lock(&self.inner);
+        let now = Utc::now();
+        let mut blocked: HashSet<Option<Vec<u8>>> = HashSet::new();
+        let mut batch = Vec::new();
+        for (row, not_before) in &state.rows {
+            let key = row.message.key.clone();
+            if blocked.contains(&key) {
+                continue;
+            }
+            let retrying = match after {
+                Some(_) => not_before.is_some(),
+                None => not_before.is_some_and(|at| at > now),
+            };
+            if retrying {
+                blocked.insert(key);
+                continue;
+            }
+            if after.is_some_and(|after| row.seq <= after) {
+                continue;
+            }
+            batch.push(row.clone());
+            if batch.len() == limit {
+                break;
+            }
+        }
+        batch
+    }
+
     /// Makes the next `count` settlements fail, as a database outage would.
     pub fn fail_next_settles(&self, count: u32) {
         lock(&self.inner).failing_settles = count;
@@ -96,25 +127,15 @@ impl RelayStore for MemoryStore {
     type Error = InjectedFailure;
 
     async fn claim(&self, limit: usize) -> Result<Vec<StoredMessage>, InjectedFailure> {
-        let state = lock(&self.inner);
-        let now = Utc::now();
-        let mut blocked: HashSet<Option<Vec<u8>>> = HashSet::new();
-        let mut batch = Vec::new();
-        for (row, not_before) in &state.rows {
-            let key = row.message.key.clone();
-            if blocked.contains(&key) {
-                continue;
-            }
-            if not_before.is_some_and(|at| at > now) {
-                blocked.insert(key);
-                continue;
-            }
-            batch.push(row.clone());
-            if batch.len() == limit {
-                break;
-            }
-        }
-        Ok(batch)
+        Ok(self.due(limit, None))
+    }
+
+    async fn claim_after(
+        &self,
+        limit: usize,
+        after: i64,
+    ) -> Result<Vec<StoredMessage>, InjectedFailure> {
+        Ok(self.due(limit, Some(after)))
     }
 
     async fn settle(&self, settlement: &Settlement) -> Result<u64, InjectedFailure> {

@@ -4,6 +4,7 @@
 //! * [`PgRelayStore`] is the relay's side: lanes owned through advisory locks, claims in publish
 //!   order behind a safe horizon, settlement of acknowledged and failed messages.
 //! * [`PgInbox`] records what consumers applied, in their own transaction.
+//! * [`PgDeadLetters`] lists, replays and purges messages that could not be published.
 //! * [`migrate`] and [`migrations`] create the tables (names set through [`Tables`]).
 //!
 //! ```no_run
@@ -15,6 +16,7 @@
 //! # }
 //! ```
 
+mod dead_letters;
 mod error;
 mod horizon;
 mod inbox;
@@ -25,6 +27,7 @@ mod relay_store;
 mod rows;
 mod tables;
 
+pub use dead_letters::{DeadLetterFilter, DeadLetterRow, PgDeadLetters};
 pub use error::Error;
 pub use inbox::PgInbox;
 pub use migrations::{Migration, migrate, migrations};

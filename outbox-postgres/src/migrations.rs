@@ -24,11 +24,18 @@ pub struct Migration {
     pub sql: String,
 }
 
-const TEMPLATES: &[(i64, &str, &str)] = &[(
-    1,
-    "create outbox, dead letters and inbox",
-    include_str!("../migrations/0001_outbox.sql"),
-)];
+const TEMPLATES: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "create outbox, dead letters and inbox",
+        include_str!("../migrations/0001_outbox.sql"),
+    ),
+    (
+        2,
+        "retention of published messages",
+        include_str!("../migrations/0002_retention.sql"),
+    ),
+];
 
 /// The migrations, rendered for `tables`, oldest first.
 pub fn migrations(tables: &Tables) -> Vec<Migration> {

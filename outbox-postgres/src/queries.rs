@@ -16,6 +16,14 @@ pub(crate) const MEMBER_BASE: i32 = 1 << 20;
 /// Enqueuing transactions hold this, shared, until they end.
 pub(crate) const WRITER_KEY: i32 = 2 << 20;
 
+/// The filter of the dead-letter statements; parameters `$1..$6` (see `dead_letters.rs`).
+const DEAD_LETTER_FILTER: &str = "($1::uuid[] IS NULL OR id = ANY($1))
+    AND ($2::text IS NULL OR topic = $2)
+    AND ($3::bytea IS NULL OR key = $3)
+    AND ($4::text IS NULL OR strpos(lower(error), lower($4)) > 0)
+    AND ($5::timestamptz IS NULL OR dead_lettered_at >= $5)
+    AND ($6::timestamptz IS NULL OR dead_lettered_at < $6)";
+
 /// Columns of a message row, in the order [`crate::rows`] decodes them.
 pub(crate) const MESSAGE_COLUMNS: &str =
     "seq, id, topic, key, event_type, source, content_type, payload, headers, created_at, attempts";
@@ -28,6 +36,8 @@ pub(crate) struct Queries {
     pub horizon: String,
     pub claim: String,
     pub delete: String,
+    pub mark_published: String,
+    pub purge_published: String,
     pub retry: String,
     pub dead_letter: String,
     pub members: String,
@@ -35,6 +45,9 @@ pub(crate) struct Queries {
     pub release_lanes: String,
     pub inbox_record: String,
     pub inbox_purge: String,
+    pub dead_letters_list: String,
+    pub dead_letters_replay: String,
+    pub dead_letters_purge: String,
 }
 
 impl Queries {
@@ -70,25 +83,42 @@ impl Queries {
                  WHERE locktype = 'advisory' AND {this_database}
                    AND classid = {ns} AND objid = {WRITER_KEY} AND objsubid = 2 AND granted"
             ),
+            // $5: claim only above this number (0 for all); $6: claiming ahead of an in-flight
+            // batch, which leaves out every lane with a retry pending, due or not.
             claim: format!(
                 "SELECT {MESSAGE_COLUMNS} FROM {outbox}
                  WHERE seq <= $1
+                   AND seq > $5
+                   AND published_at IS NULL
                    AND (slot % $2) = ANY($3)
-                   AND (slot % $2) <> ALL(ARRAY(SELECT DISTINCT slot % $2 FROM {outbox} WHERE not_before > now()))
+                   AND (slot % $2) <> ALL(ARRAY(
+                       SELECT DISTINCT slot % $2 FROM {outbox}
+                       WHERE published_at IS NULL AND (not_before > now() OR ($6 AND not_before IS NOT NULL))))
                  ORDER BY seq
                  LIMIT $4"
             ),
             delete: format!("DELETE FROM {outbox} WHERE seq = ANY($1)"),
+            // With retention: published rows stay, out of the claims' (partial) index.
+            mark_published: format!(
+                "UPDATE {outbox} SET published_at = now() WHERE seq = ANY($1) AND published_at IS NULL"
+            ),
+            // Oldest first through the partial index on published_at; rows another relay is
+            // purging right now are left to it.
+            purge_published: format!(
+                "DELETE FROM {outbox} WHERE ctid = ANY(ARRAY(
+                     SELECT ctid FROM {outbox} WHERE published_at < now() - $1::float8 * interval '1 second'
+                     ORDER BY published_at LIMIT $2 FOR UPDATE SKIP LOCKED))"
+            ),
             retry: format!(
                 "UPDATE {outbox} AS o SET attempts = r.attempts, not_before = r.not_before, last_error = r.error
                  FROM UNNEST($1::int8[], $2::int4[], $3::timestamptz[], $4::text[]) AS r(seq, attempts, not_before, error)
-                 WHERE o.seq = r.seq"
+                 WHERE o.seq = r.seq AND o.published_at IS NULL"
             ),
             dead_letter: format!(
                 "WITH failed AS (
                      SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::text[]) AS f(seq, attempts, error)
                  ), moved AS (
-                     DELETE FROM {outbox} AS o USING failed AS f WHERE o.seq = f.seq
+                     DELETE FROM {outbox} AS o USING failed AS f WHERE o.seq = f.seq AND o.published_at IS NULL
                      RETURNING o.seq, o.id, o.slot, o.topic, o.key, o.event_type, o.source, o.content_type,
                                o.payload, o.headers, o.created_at, f.attempts AS failed_attempts, f.error AS failed_error
                  )
@@ -114,6 +144,30 @@ impl Queries {
             ),
             inbox_record: format!(
                 "INSERT INTO {inbox} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            ),
+            dead_letters_list: format!(
+                "SELECT seq, id, topic, key, event_type, length(payload) AS payload_bytes, attempts, error,
+                        created_at, dead_lettered_at
+                 FROM {dead_letters} WHERE {DEAD_LETTER_FILTER} ORDER BY seq LIMIT $7"
+            ),
+            // Back into the outbox as an enqueue would: under the writer lock (so the horizon
+            // waits for it), numbered in the original order, waking the relays.
+            dead_letters_replay: format!(
+                "WITH chosen AS (
+                     SELECT seq FROM {dead_letters} WHERE {DEAD_LETTER_FILTER} ORDER BY seq LIMIT $7 FOR UPDATE
+                 ), moved AS (
+                     DELETE FROM {dead_letters} AS d USING chosen WHERE d.seq = chosen.seq RETURNING d.*
+                 )
+                 INSERT INTO {outbox} (id, slot, topic, key, event_type, source, content_type, payload, headers, created_at)
+                 SELECT m.id, m.slot, m.topic, m.key, m.event_type, m.source, m.content_type, m.payload, m.headers, m.created_at
+                 FROM moved AS m
+                 WHERE pg_advisory_xact_lock_shared({ns}, {WRITER_KEY}) IS NOT NULL
+                   AND pg_notify('{channel}', '') IS NOT NULL
+                 ORDER BY m.seq"
+            ),
+            dead_letters_purge: format!(
+                "DELETE FROM {dead_letters} WHERE seq IN (
+                     SELECT seq FROM {dead_letters} WHERE {DEAD_LETTER_FILTER} ORDER BY seq LIMIT $7)"
             ),
             inbox_purge: format!(
                 "DELETE FROM {inbox} WHERE ctid = ANY(ARRAY(

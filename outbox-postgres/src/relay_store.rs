@@ -22,7 +22,13 @@ pub struct PgRelayStoreConfig {
     lanes: u32,
     rebalance_interval: Duration,
     lease: Duration,
+    retention: Option<Duration>,
+    purge_batch: u32,
+    purge_interval: Duration,
 }
+
+/// The longest retention accepted: a century.
+const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 impl Default for PgRelayStoreConfig {
     fn default() -> Self {
@@ -31,6 +37,9 @@ impl Default for PgRelayStoreConfig {
             lanes: 64,
             rebalance_interval: Duration::from_secs(1),
             lease: Duration::from_secs(10),
+            retention: None,
+            purge_batch: 1000,
+            purge_interval: Duration::from_secs(5),
         }
     }
 }
@@ -81,6 +90,53 @@ impl PgRelayStoreConfig {
         self.lease = lease;
         Ok(self)
     }
+
+    /// How long published messages are kept. Default `None`: a message is deleted as soon as the
+    /// broker acknowledged it.
+    ///
+    /// With `Some(retention)`, an acknowledged message stays in the outbox, for audit and replay,
+    /// with `published_at` set; it is never claimed again and holds back neither the publish horizon
+    /// nor its lane. The relay purges the messages published longer than `retention` ago itself,
+    /// [`purge_batch`](Self::purge_batch) rows per statement, one statement at most every
+    /// [`purge_interval`](Self::purge_interval) (or at every claim while a backlog lasts). Needs
+    /// migration 2. Give every relay of one outbox the same retention: only relays with a retention
+    /// purge, and a relay without one leaves the retained rows where they are. While a message is
+    /// kept its id stays taken: enqueuing another message with the same id fails.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a retention of zero (use `None` to delete on publish) or of more than
+    /// 100 years.
+    pub fn retention(mut self, retention: Option<Duration>) -> Result<Self, Error> {
+        if let Some(kept) = retention {
+            if kept.is_zero() || kept > MAX_RETENTION {
+                return Err(Error::Config(format!(
+                    "retention must be more than 0 and at most 100 years (or none, to delete published messages), got {kept:?}"
+                )));
+            }
+        }
+        self.retention = retention;
+        Ok(self)
+    }
+
+    /// With a [`retention`](Self::retention): most rows one purge statement deletes. Default 1000.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for 0.
+    pub fn purge_batch(mut self, rows: u32) -> Result<Self, Error> {
+        if rows == 0 {
+            return Err(Error::Config("purge batch must be at least 1".into()));
+        }
+        self.purge_batch = rows;
+        Ok(self)
+    }
+
+    /// With a [`retention`](Self::retention): how long a relay waits between two purge statements
+    /// when the last one found less than a full batch. Default 5 s; longer than a day counts as a
+    /// day.
+    pub fn purge_interval(mut self, interval: Duration) -> Self {
+        self.purge_interval = interval.min(Duration::from_secs(24 * 60 * 60));
+        self
+    }
 }
 
 /// The relay store on PostgreSQL.
@@ -94,6 +150,9 @@ impl PgRelayStoreConfig {
 /// relays owns at most `ceil(lanes / n)`.
 ///
 /// Wake-ups come from `LISTEN` on the outbox's channel, on a connection of the pool.
+///
+/// Published messages are deleted, unless a [retention](PgRelayStoreConfig::retention) is set:
+/// then they are marked published, and purged by the relay once older than the retention.
 #[derive(Debug)]
 pub struct PgRelayStore {
     connect: PgConnectOptions,
@@ -103,6 +162,9 @@ pub struct PgRelayStore {
     lanes: u32,
     rebalance_interval: Duration,
     lease: Duration,
+    retention: Option<Duration>,
+    purge_batch: u32,
+    purge_interval: Duration,
     session: Arc<Mutex<Session>>,
     fence: std::sync::Mutex<Fence>,
     listener: Mutex<Option<PgListener>>,
@@ -120,6 +182,8 @@ struct Session {
     owned: BTreeSet<i32>,
     horizon: Horizon,
     last_rebalance: Option<Instant>,
+    /// With retention: no purge before this time.
+    next_purge: Option<Instant>,
 }
 
 impl PgRelayStore {
@@ -135,6 +199,9 @@ impl PgRelayStore {
             lanes: config.lanes,
             rebalance_interval: config.rebalance_interval,
             lease: config.lease,
+            retention: config.retention,
+            purge_batch: config.purge_batch,
+            purge_interval: config.purge_interval,
             session: Arc::new(Mutex::new(Session::default())),
             fence: std::sync::Mutex::new(Fence::expired()),
             listener: Mutex::new(None),
@@ -245,20 +312,40 @@ impl PgRelayStore {
         Ok(())
     }
 
+    /// Claims under the session lock; a failure drops the session (and with it the lanes).
+    async fn claim_on_session(
+        &self,
+        limit: usize,
+        after: Option<i64>,
+    ) -> Result<Vec<StoredMessage>, Error> {
+        let mut session = self.session.lock().await;
+        let result = self.claim_in(&mut session, limit, after).await;
+        if let Err(error) = &result {
+            session.disconnect(error);
+        }
+        result
+    }
+
+    /// Claims due messages; with `after` (claiming ahead of an in-flight batch) only those numbered
+    /// above it, on the current session and lanes as they are: no reconnect, no rebalance, no purge.
     async fn claim_in(
         &self,
         session: &mut Session,
         limit: usize,
+        after: Option<i64>,
     ) -> Result<Vec<StoredMessage>, Error> {
         let started = Instant::now();
-        if session.conn.is_none() {
-            self.connect(session).await?;
-        }
-        if session
-            .last_rebalance
-            .is_none_or(|at| at.elapsed() >= self.rebalance_interval)
-        {
-            self.rebalance(session).await?;
+        if after.is_none() {
+            if session.conn.is_none() {
+                self.connect(session).await?;
+            }
+            if session
+                .last_rebalance
+                .is_none_or(|at| at.elapsed() >= self.rebalance_interval)
+            {
+                self.rebalance(session).await?;
+            }
+            self.purge_published(session).await;
         }
         if session.owned.is_empty() {
             return Ok(Vec::new());
@@ -287,6 +374,8 @@ impl PgRelayStore {
             .bind(self.lanes as i32)
             .bind(&owned)
             .bind(limit as i64)
+            .bind(after.unwrap_or(0))
+            .bind(after.is_some())
             .fetch_all(&mut *conn)
             .await?;
         let mut batch = Vec::with_capacity(rows.len());
@@ -303,6 +392,47 @@ impl PgRelayStore {
         session.claimed_epoch = session.epoch;
         session.renew(started, self.lease);
         Ok(batch)
+    }
+
+    /// With a retention, and once the purge interval has passed: deletes one batch of the messages
+    /// published longer than the retention ago. Runs before the claim on the session, so one
+    /// statement of at most `purge_batch` rows is all it delays a claim by. A failure is only logged
+    /// (a broken session fails the claim that follows).
+    async fn purge_published(&self, session: &mut Session) {
+        let Some(retention) = self.retention else {
+            return;
+        };
+        if session.next_purge.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        let Some(conn) = session.conn.as_mut() else {
+            return;
+        };
+        let started = Instant::now();
+        let result = sqlx::query(&self.queries.purge_published)
+            .bind(retention.as_secs_f64())
+            .bind(i64::from(self.purge_batch))
+            .execute(&mut *conn)
+            .await;
+        let backlog = match result {
+            Ok(done) => {
+                let purged = done.rows_affected();
+                if purged > 0 {
+                    tracing::debug!(purged, "purged published messages past their retention");
+                }
+                purged >= u64::from(self.purge_batch)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "purging published messages failed; trying again later");
+                false
+            }
+        };
+        // A full batch means more are due: the next claim purges again.
+        session.next_purge = Some(if backlog {
+            started
+        } else {
+            started + self.purge_interval
+        });
     }
 
     async fn park_corrupt(
@@ -352,7 +482,12 @@ impl PgRelayStore {
     ) -> Result<u64, Error> {
         let mut changed = 0;
         if !settlement.published.is_empty() {
-            changed += sqlx::query(&self.queries.delete)
+            let published = if self.retention.is_some() {
+                &self.queries.mark_published
+            } else {
+                &self.queries.delete
+            };
+            changed += sqlx::query(published)
                 .bind(&settlement.published)
                 .execute(&mut *conn)
                 .await?
@@ -409,12 +544,11 @@ impl RelayStore for PgRelayStore {
     type Error = Error;
 
     async fn claim(&self, limit: usize) -> Result<Vec<StoredMessage>, Error> {
-        let mut session = self.session.lock().await;
-        let result = self.claim_in(&mut session, limit).await;
-        if let Err(error) = &result {
-            session.disconnect(error);
-        }
-        result
+        self.claim_on_session(limit, None).await
+    }
+
+    async fn claim_after(&self, limit: usize, after: i64) -> Result<Vec<StoredMessage>, Error> {
+        self.claim_on_session(limit, Some(after)).await
     }
 
     async fn settle(&self, settlement: &Settlement) -> Result<u64, Error> {

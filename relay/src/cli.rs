@@ -81,6 +81,10 @@ pub struct RunArgs {
     #[arg(long, env = "OUTBOX_LEASE", default_value = "10s", value_parser = parse_duration)]
     pub lease: Duration,
 
+    /// Keep published messages this long (for audit and replay) instead of deleting them once acknowledged; the relay purges older ones. Off by default.
+    #[arg(long, env = "OUTBOX_RETENTION", value_parser = parse_retention)]
+    pub retention: Option<Duration>,
+
     /// Publish attempts before a retriable failure becomes a dead letter (broker outages do not count).
     #[arg(long, env = "OUTBOX_MAX_ATTEMPTS", default_value_t = 10)]
     pub max_attempts: u32,
@@ -107,6 +111,16 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{text}` is not a duration like 500ms, 2s or 1m: {e}"))
 }
 
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    let retention = parse_duration(text)?;
+    if retention.is_zero() {
+        return Err(
+            "a retention of 0 keeps nothing; leave --retention / OUTBOX_RETENTION unset to delete published messages".into(),
+        );
+    }
+    Ok(retention)
+}
+
 fn parse_property(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => {
@@ -130,6 +144,41 @@ mod tests {
         );
         assert!(parse_property("=x").is_err());
         assert!(parse_property("novalue").is_err());
+    }
+
+    #[test]
+    fn a_retention_of_zero_is_refused_naming_the_setting() {
+        assert_eq!(
+            parse_retention("7days"),
+            Ok(Duration::from_secs(7 * 24 * 3600))
+        );
+        for zero in ["0s", "0ms"] {
+            let error = parse_retention(zero).expect_err("zero");
+            assert!(error.contains("--retention / OUTBOX_RETENTION"), "{error}");
+        }
+        assert!(parse_retention("soon").expect_err("bad").contains("500ms"));
+
+        let run = |extra: &[&str]| {
+            let base = [
+                "outbox-relay",
+                "run",
+                "--database-url",
+                "postgres://db",
+                "--brokers",
+                "k:9092",
+            ];
+            Cli::try_parse_from(base.iter().chain(extra))
+        };
+        let Command::Run(args) = run(&[]).expect("valid").command else {
+            panic!("not run");
+        };
+        assert_eq!(args.retention, None, "off by default");
+        let Command::Run(args) = run(&["--retention", "36h"]).expect("valid").command else {
+            panic!("not run");
+        };
+        assert_eq!(args.retention, Some(Duration::from_secs(36 * 3600)));
+        let error = run(&["--retention", "0s"]).expect_err("zero").to_string();
+        assert!(error.contains("--retention"), "{error}");
     }
 
     #[test]

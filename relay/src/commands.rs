@@ -46,7 +46,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .lanes(args.lanes)
         .context("invalid --lanes / OUTBOX_LANES")?
         .lease(args.lease)
-        .context("invalid --lease / OUTBOX_LEASE")?;
+        .context("invalid --lease / OUTBOX_LEASE")?
+        .retention(args.retention)
+        .context("invalid --retention / OUTBOX_RETENTION")?;
     if args.brokers.trim().is_empty() {
         anyhow::bail!("--brokers / KAFKA_BROKERS is empty");
     }

@@ -9,5 +9,6 @@ mod inbox;
 mod lanes;
 mod migrations;
 mod relay_store;
+mod retention;
 mod support;
 mod wake_up;

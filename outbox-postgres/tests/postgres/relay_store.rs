@@ -99,6 +99,54 @@ async fn a_retry_holds_back_its_whole_lane_until_it_is_due(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn claiming_ahead_takes_what_follows_the_in_flight_batch_and_skips_lanes_with_a_retry(
+    pool: PgPool,
+) {
+    migrate(&pool).await;
+    let retried_key = key_in_lane("retried", 0, LANES);
+    let free_key = key_in_lane("free", 1, LANES);
+    let head = message(&retried_key, 1);
+    enqueue_committed(&pool, std::slice::from_ref(&head)).await;
+    let relay = store(&pool, LANES);
+    let first = claim(&relay, 10).await;
+    assert_eq!(ids(&first), vec![head.id]);
+    // The head failed once and is already due again: a plain claim would offer it.
+    let settlement = Settlement {
+        retries: vec![Retry {
+            seq: first[0].seq,
+            attempts: 1,
+            not_before: Utc::now(),
+            error: "Transient".into(),
+        }],
+        ..Settlement::default()
+    };
+    assert_eq!(relay.settle(&settlement).await.expect("settle"), 1);
+
+    let in_flight: Vec<_> = (2..5).map(|n| message(&free_key, n)).collect();
+    let following: Vec<_> = (5..8).map(|n| message(&free_key, n)).collect();
+    let behind_retry = message(&retried_key, 8);
+    enqueue_committed(&pool, &in_flight).await;
+    enqueue_committed(&pool, &following).await;
+    enqueue_committed(&pool, std::slice::from_ref(&behind_retry)).await;
+
+    let batch = relay.claim(3).await.expect("claim");
+    assert_eq!(ids(&batch), vec![head.id, in_flight[0].id, in_flight[1].id]);
+    let after = batch.last().map(|m| m.seq).expect("a batch");
+    let ahead = relay.claim_after(10, after).await.expect("claim ahead");
+    assert_eq!(
+        ids(&ahead),
+        vec![
+            in_flight[2].id,
+            following[0].id,
+            following[1].id,
+            following[2].id
+        ],
+        "only what follows the in-flight batch, and nothing of the lane whose head is being retried"
+    );
+    relay.close().await;
+}
+
+#[sqlx::test(migrations = false)]
 async fn dead_letters_move_to_their_table_with_error_and_attempts(pool: PgPool) {
     migrate(&pool).await;
     let messages: Vec<_> = (0..4).map(|n| message("k", n)).collect();
