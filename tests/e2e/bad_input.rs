@@ -159,10 +159,11 @@ async fn migrate_creates_the_tables_once() -> anyhow::Result<()> {
     let (status, stderr) =
         run_relay_program(relay_program(), &["migrate", "--database-url", &db.url]).await?;
     assert!(status.success(), "{stderr}");
-    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM outbox_migrations")
-        .fetch_all(&db.pool)
-        .await?;
-    assert_eq!(versions, vec![1]);
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM outbox_migrations ORDER BY version")
+            .fetch_all(&db.pool)
+            .await?;
+    assert_eq!(versions, vec![1, 2]);
     assert_eq!(db.outbox_count().await?, 0, "the outbox table exists");
     Ok(())
 }

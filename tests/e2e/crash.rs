@@ -13,21 +13,6 @@ use crate::relay_program;
 const MESSAGES: usize = 10_000;
 const KEYS: usize = 100;
 
-async fn wait_until_outbox_at_most(db: &TestDb, left: i64) -> anyhow::Result<i64> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let count = db.outbox_count().await?;
-        if count <= left {
-            return Ok(count);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "relay made no progress: {count} left"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_relay_killed_mid_backlog_and_restarted_loses_nothing_and_keeps_per_key_order()
 -> anyhow::Result<()> {
@@ -60,7 +45,9 @@ async fn a_relay_killed_mid_backlog_and_restarted_loses_nothing_and_keeps_per_ke
     let mut kills = Vec::new();
     for stop_at in [7_000, 3_000] {
         let relay = RelayProcess::spawn(relay_program(), &db, &flags)?;
-        let seen = wait_until_outbox_at_most(&db, stop_at).await?;
+        let seen = db
+            .wait_until_backlog_at_most(stop_at, Duration::from_secs(120))
+            .await?;
         relay.kill().await?;
         let left = db.outbox_count().await?;
         kills.push(left);

@@ -133,3 +133,42 @@ async fn a_batch_of_1000_messages_in_one_transaction_is_published_whole_and_in_o
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_wakes_the_relay_long_before_its_next_poll() -> anyhow::Result<()> {
+    init_logs();
+    let db = TestDb::create().await?;
+    let topic = create_topic(1).await?;
+    let poll = Duration::from_secs(10);
+    let relay = InProcessRelay::start(&db, quick_config().poll_interval(poll)?)?;
+    // Let the relay reach its idle wait.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let outbox = PgOutbox::new();
+    let mut latencies = Vec::new();
+    for n in 0..5 {
+        let message = Message::builder(&topic).key("k").json(&n)?;
+        let mut tx = db.pool.begin().await?;
+        outbox.enqueue(&mut tx, &message).await?;
+        tx.commit().await?;
+        let committed = std::time::Instant::now();
+        // The row disappears once the broker acknowledged the message.
+        db.wait_until_drained(poll).await?;
+        latencies.push(committed.elapsed());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    relay.stop().await?;
+    println!(
+        "commit -> acknowledged and settled, with NOTIFY wake-ups and a {poll:?} poll: {latencies:?}"
+    );
+    for latency in &latencies {
+        assert!(
+            *latency < poll / 5,
+            "{latency:?} is not well under the poll interval {poll:?}"
+        );
+    }
+    assert_eq!(
+        read_topic(&topic, 5, Duration::from_secs(10)).await?.len(),
+        5
+    );
+    Ok(())
+}

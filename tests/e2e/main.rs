@@ -2,9 +2,13 @@
 //! (`KAFKA_BROKERS`), both started by `scripts/services.sh`.
 
 mod bad_input;
+mod chaos;
 mod crash;
+mod dead_letters;
+mod fencing;
 mod flow;
 mod inbox;
+mod outage;
 
 use std::path::Path;
 use std::time::Duration;

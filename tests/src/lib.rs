@@ -25,6 +25,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+pub mod private;
 pub mod services;
 
 /// Installs a log subscriber once (controlled by `RUST_LOG`, quiet by default).
@@ -94,6 +95,25 @@ impl TestDb {
         )
     }
 
+    /// Waits until at most `left` messages wait in the outbox; returns how many do.
+    pub async fn wait_until_backlog_at_most(
+        &self,
+        left: i64,
+        within: Duration,
+    ) -> anyhow::Result<i64> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let count = self.outbox_count().await?;
+            if count <= left {
+                return Ok(count);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the backlog is still {count} after {within:?} (waiting for {left})");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until the outbox is empty.
     pub async fn wait_until_drained(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -138,22 +158,32 @@ impl Drop for TestDb {
 
 /// Kafka client settings for the test broker.
 pub fn kafka_config() -> anyhow::Result<ClientConfig> {
+    Ok(kafka_config_for(&services::brokers()?))
+}
+
+/// Kafka client settings for the brokers at `brokers` (e.g. a [`private::PrivateBroker`]).
+pub fn kafka_config_for(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", services::brokers()?);
-    Ok(config)
+    config.set("bootstrap.servers", brokers);
+    config
 }
 
 /// Creates a topic with a fresh random name, so that tests never see each other's records.
 pub async fn create_topic(partitions: i32) -> anyhow::Result<String> {
+    create_topic_on(&services::brokers()?, partitions).await
+}
+
+/// Creates a topic with a fresh random name on the brokers at `brokers`.
+pub async fn create_topic_on(brokers: &str, partitions: i32) -> anyhow::Result<String> {
     let name = format!("e2e-{}", Uuid::now_v7().simple());
-    let admin: AdminClient<DefaultClientContext> = kafka_config()?.create()?;
+    let admin: AdminClient<DefaultClientContext> = kafka_config_for(brokers).create()?;
     let results = admin
         .create_topics(
             [&NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await
-        .with_context(|| "creating a topic failed; is the broker at KAFKA_BROKERS running? (scripts/services.sh)")?;
+        .with_context(|| format!("creating a topic failed; is the broker at {brokers} running? (KAFKA_BROKERS: scripts/services.sh)"))?;
     for result in results {
         if let Err((topic, code)) = result {
             bail!("creating topic {topic} failed: {code}");
@@ -193,8 +223,18 @@ pub async fn read_topic(
     expected: usize,
     idle: Duration,
 ) -> anyhow::Result<Vec<Record>> {
+    read_topic_from(&services::brokers()?, topic, expected, idle).await
+}
+
+/// [`read_topic`] from the brokers at `brokers`.
+pub async fn read_topic_from(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    idle: Duration,
+) -> anyhow::Result<Vec<Record>> {
     let topic = topic.to_owned();
-    let config = kafka_config()?;
+    let config = kafka_config_for(brokers);
     tokio::task::spawn_blocking(move || read_topic_blocking(&config, &topic, expected, idle))
         .await?
 }
@@ -266,10 +306,20 @@ pub struct InProcessRelay {
 }
 
 impl InProcessRelay {
-    /// Starts a relay with `config` (lanes: 64).
+    /// Starts a relay with `config`, the test broker and the default store settings.
     pub fn start(db: &TestDb, config: RelayConfig) -> anyhow::Result<Self> {
-        let publisher = KafkaPublisher::new(&kafka_config()?)?;
-        let store = PgRelayStore::new(db.pool.clone(), PgRelayStoreConfig::default());
+        Self::start_with(db, config, &kafka_config()?, PgRelayStoreConfig::default())
+    }
+
+    /// Starts a relay with the given producer and store settings.
+    pub fn start_with(
+        db: &TestDb,
+        config: RelayConfig,
+        kafka: &ClientConfig,
+        store: PgRelayStoreConfig,
+    ) -> anyhow::Result<Self> {
+        let publisher = KafkaPublisher::new(kafka)?;
+        let store = PgRelayStore::new(db.pool.clone(), store);
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task =
@@ -294,18 +344,25 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// Starts `program run` (the relay program) on `db` with extra flags.
     pub fn spawn(program: &Path, db: &TestDb, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_with(program, &db.url, &services::brokers()?, extra)
+    }
+
+    /// Starts `program run` against the database at `database_url` and the brokers at `brokers`
+    /// with extra flags. Its log level is `OUTBOX_LOG` if set in the test's environment, else info.
+    pub fn spawn_with(
+        program: &Path,
+        database_url: &str,
+        brokers: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let log = std::env::temp_dir().join(format!("relay-{}.log", Uuid::now_v7().simple()));
         let file = std::fs::File::create(&log)?;
+        let level = std::env::var("OUTBOX_LOG").unwrap_or_else(|_| "info".to_owned());
         let child = Command::new(program)
             .arg("run")
-            .args([
-                "--database-url",
-                &db.url,
-                "--brokers",
-                &services::brokers()?,
-            ])
+            .args(["--database-url", database_url, "--brokers", brokers])
             .args(extra)
-            .env("OUTBOX_LOG", "info")
+            .env("OUTBOX_LOG", level)
             .stdout(Stdio::null())
             .stderr(file)
             .kill_on_drop(true)
@@ -335,6 +392,11 @@ impl RelayProcess {
     /// The process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Whether the process is still running (`Ok(Some(status))` once it exited).
+    pub fn exit_status(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
     }
 }
 
