@@ -89,24 +89,9 @@ if ! port_open "$kafka_port"; then
     tail -20 "$state/tansu.log" >&2
     fail "the broker did not start (log: $state/tansu.log)"
   }
-  # tansu 0.6's SQLite schema has no index on the headers of a record, so every fetch scans all
-  # headers ever written and slows down as the topic data grows (seconds per fetch after ~50k
-  # records). The index is what the fetch's lookup needs; the broker creates its tables at start-up.
-  python3 - "$state/tansu.db" <<'PY' >&2 || fail "could not index the broker's header table"
-import os, sqlite3, sys, time
-for attempt in range(100):
-    if os.path.exists(sys.argv[1]):
-        try:
-            db = sqlite3.connect(sys.argv[1], timeout=10)
-            db.execute("CREATE INDEX IF NOT EXISTS header_record_idx ON header (topition, offset_id)")
-            db.commit()
-            break
-        except sqlite3.OperationalError:
-            pass
-    time.sleep(0.1)
-else:
-    sys.exit("the broker's database has no header table after 10 s")
-PY
+  # tansu 0.6's SQLite schema lacks an index that every fetch needs (see the script).
+  python3 "$repo/scripts/index-tansu-headers.py" "$state/tansu.db" >&2 ||
+    fail "could not index the broker's header table"
 fi
 log "Kafka broker answers on 127.0.0.1:$kafka_port"
 

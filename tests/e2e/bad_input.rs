@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant};
 
 use outbox_core::Message;
-use outbox_postgres::PgOutbox;
 use outbox_tests::{
     InProcessRelay, TestDb, create_topic, init_logs, read_topic, run_relay_program, services,
 };
@@ -182,9 +181,7 @@ async fn a_message_larger_than_the_broker_accepts_is_parked_with_its_error_and_t
         .key("same-key")
         .bytes(vec![b'x'; 2_000_000], "application/octet-stream")?;
     messages.insert(2, huge.clone());
-    let mut tx = db.pool.begin().await?;
-    PgOutbox::new().enqueue_all(&mut tx, &messages).await?;
-    tx.commit().await?;
+    db.enqueue_committed(&messages).await?;
 
     let relay = InProcessRelay::start(&db, quick_config())?;
     db.wait_until_drained(Duration::from_secs(30)).await?;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use outbox_core::{Message, RetryPolicy};
-use outbox_postgres::{DeadLetterFilter, PgDeadLetters, PgOutbox, PgRelayStoreConfig, Tables};
+use outbox_postgres::{DeadLetterFilter, PgDeadLetters, PgRelayStoreConfig, Tables};
 use outbox_tests::{InProcessRelay, TestDb, create_topic, init_logs, kafka_config, read_topic};
 
 use crate::quick_config;
@@ -22,9 +22,7 @@ async fn a_poison_message_is_parked_the_lane_flows_on_and_replay_delivers_it_aft
         .key("lane-key")
         .bytes(vec![b'p'; 50_000], "application/octet-stream")?;
     messages.insert(3, poison.clone());
-    let mut tx = db.pool.begin().await?;
-    PgOutbox::new().enqueue_all(&mut tx, &messages).await?;
-    tx.commit().await?;
+    db.enqueue_committed(&messages).await?;
 
     // A producer limited to 10 kB: the 50 kB message cannot go out.
     let mut limited = kafka_config()?;

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use outbox_core::Message;
-use outbox_postgres::PgOutbox;
 use outbox_tests::{RelayProcess, TestDb, create_topic, init_logs, read_topic};
 
 use crate::relay_program;
@@ -40,9 +39,7 @@ async fn a_relay_paused_past_its_lease_publishes_and_deletes_nothing_after_its_s
     let messages: Vec<Message> = (0..MESSAGES)
         .map(|n| Message::builder(&topic).key("one-key").json(&n))
         .collect::<Result<_, _>>()?;
-    let mut tx = db.pool.begin().await?;
-    PgOutbox::new().enqueue_all(&mut tx, &messages).await?;
-    tx.commit().await?;
+    db.enqueue_committed(&messages).await?;
 
     let first = RelayProcess::spawn(relay_program(), &db, &FLAGS)?;
     db.wait_until_backlog_at_most((MESSAGES - 1_000) as i64, Duration::from_secs(60))

@@ -105,9 +105,7 @@ async fn a_batch_of_1000_messages_in_one_transaction_is_published_whole_and_in_o
                 .json(&n)
         })
         .collect::<Result<_, _>>()?;
-    let mut tx = db.pool.begin().await?;
-    PgOutbox::new().enqueue_all(&mut tx, &messages).await?;
-    tx.commit().await?;
+    db.enqueue_committed(&messages).await?;
     assert_eq!(db.outbox_count().await?, 1000);
 
     let relay = InProcessRelay::start(&db, quick_config().batch_size(128)?)?;

@@ -79,6 +79,16 @@ impl TestDb {
         })
     }
 
+    /// Enqueues `messages` in one transaction of their own and commits it.
+    pub async fn enqueue_committed(&self, messages: &[outbox_core::Message]) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        outbox_postgres::PgOutbox::new()
+            .enqueue_all(&mut tx, messages)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Messages still in the outbox.
     pub async fn outbox_count(&self) -> anyhow::Result<i64> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")

@@ -180,27 +180,13 @@ impl PrivateBroker {
         self.index_headers().await
     }
 
-    /// tansu 0.6's SQLite schema has no index on record headers, so each fetch scans every header
-    /// ever written (see `scripts/services.sh`). Idempotent.
+    /// Adds the index tansu 0.6's SQLite schema lacks (see `scripts/index-tansu-headers.py`).
     async fn index_headers(&self) -> anyhow::Result<()> {
-        const SCRIPT: &str = r#"
-import os, sqlite3, sys, time
-for attempt in range(100):
-    if os.path.exists(sys.argv[1]):
-        try:
-            db = sqlite3.connect(sys.argv[1], timeout=10)
-            db.execute("CREATE INDEX IF NOT EXISTS header_record_idx ON header (topition, offset_id)")
-            db.commit()
-            break
-        except sqlite3.OperationalError:
-            pass
-    time.sleep(0.1)
-else:
-    sys.exit("the broker's database has no header table after 10 s")
-"#;
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/index-tansu-headers.py");
         let database = self.dir.0.join("tansu.db");
         let output = tokio::process::Command::new("python3")
-            .args(["-c", SCRIPT])
+            .arg(&script)
             .arg(&database)
             .stdin(Stdio::null())
             .output()
