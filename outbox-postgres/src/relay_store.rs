@@ -52,8 +52,8 @@ impl PgRelayStoreConfig {
     }
 
     /// Number of lanes: the unit of ordering and of ownership among relays. Default 64. A power of
-    /// two from 1 to 1024; every relay of one outbox must use the same number (a relay refuses to
-    /// start next to one that does not).
+    /// two from 1 to 1024; every relay of one outbox must use the same number: a relay next to one
+    /// with another count claims nothing and reports [`Error::LaneCountMismatch`] until that one stops.
     ///
     /// # Errors
     /// [`Error::Config`] for any other value.
@@ -335,14 +335,19 @@ impl PgRelayStore {
         after: Option<i64>,
     ) -> Result<Vec<StoredMessage>, Error> {
         let started = Instant::now();
+        let rebalance_due = session
+            .last_rebalance
+            .is_none_or(|at| at.elapsed() >= self.rebalance_interval);
+        if after.is_some() && rebalance_due {
+            // Claiming ahead would keep a busy relay from ever rebalancing (or purging): let the
+            // in-flight batch settle and the next plain claim do that first.
+            return Ok(Vec::new());
+        }
         if after.is_none() {
             if session.conn.is_none() {
                 self.connect(session).await?;
             }
-            if session
-                .last_rebalance
-                .is_none_or(|at| at.elapsed() >= self.rebalance_interval)
-            {
+            if rebalance_due || session.last_rebalance.is_none() {
                 self.rebalance(session).await?;
             }
             self.purge_published(session).await;

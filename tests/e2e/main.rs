@@ -9,6 +9,7 @@ mod fencing;
 mod flow;
 mod inbox;
 mod outage;
+mod rebalance;
 
 use std::path::Path;
 use std::time::Duration;
