@@ -30,7 +30,7 @@ mod tables;
 pub use dead_letters::{DeadLetterFilter, DeadLetterRow, PgDeadLetters};
 pub use error::Error;
 pub use inbox::PgInbox;
-pub use migrations::{Migration, migrate, migrations};
+pub use migrations::{Migration, migrate, migrations, pending_migrations};
 pub use outbox::PgOutbox;
 pub use relay_store::{PgRelayStore, PgRelayStoreConfig};
 pub use tables::Tables;

@@ -62,6 +62,34 @@ fn render(template: &str, tables: &Tables) -> String {
         .replace("{inbox_name}", tables.inbox_name())
 }
 
+/// The versions of [`migrations`] not applied yet in `conn`'s database (all of them when the
+/// migrations table does not exist).
+///
+/// # Errors
+/// [`Error::Database`] when the database cannot be queried.
+pub async fn pending_migrations(
+    conn: &mut PgConnection,
+    tables: &Tables,
+) -> Result<Vec<i64>, Error> {
+    let history = tables.migrations_table();
+    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(&history)
+        .fetch_one(&mut *conn)
+        .await?;
+    let applied: Vec<i64> = if exists.is_some() {
+        sqlx::query_scalar(&format!("SELECT version FROM {history}"))
+            .fetch_all(&mut *conn)
+            .await?
+    } else {
+        Vec::new()
+    };
+    Ok(migrations(tables)
+        .into_iter()
+        .map(|m| m.version)
+        .filter(|version| !applied.contains(version))
+        .collect())
+}
+
 /// Applies the migrations `conn` does not have yet. Returns the versions it applied.
 ///
 /// # Errors

@@ -71,26 +71,14 @@ pub async fn database(args: &DatabaseArgs, pool_size: u32) -> anyhow::Result<PgP
 
 /// Fails with a hint when the outbox tables are missing or not migrated to this version.
 pub async fn require_schema(pool: &PgPool, tables: &Tables) -> anyhow::Result<()> {
-    let table = tables.outbox_table();
-    let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
-        .bind(&table)
-        .fetch_one(pool)
+    let mut conn = pool.acquire().await.context("acquiring a connection")?;
+    let pending = outbox_postgres::pending_migrations(&mut conn, tables)
         .await
-        .context("checking for the outbox table")?;
-    if found.is_none() {
-        anyhow::bail!("the outbox table {table} does not exist; run `outbox-relay migrate` first");
-    }
-    let published_at: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT FROM pg_attribute
-                        WHERE attrelid = $1::regclass AND attname = 'published_at' AND NOT attisdropped)",
-    )
-    .bind(&table)
-    .fetch_one(pool)
-    .await
-    .context("checking the outbox table's columns")?;
-    if !published_at {
+        .context("checking the outbox schema")?;
+    if !pending.is_empty() {
         anyhow::bail!(
-            "the outbox table {table} lacks migration 2 (published_at); run `outbox-relay migrate` first"
+            "the outbox schema lacks migrations {pending:?} (tables {}); run `outbox-relay migrate` first",
+            tables.outbox_table()
         );
     }
     Ok(())

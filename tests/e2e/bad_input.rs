@@ -208,3 +208,33 @@ async fn a_message_larger_than_the_broker_accepts_is_parked_with_its_error_and_t
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_without_the_outbox_schema_is_refused_with_the_fix_named() -> anyhow::Result<()>
+{
+    let db = TestDb::create().await?;
+    sqlx::raw_sql("DROP TABLE outbox, outbox_dead_letters, inbox, outbox_migrations")
+        .execute(&db.pool)
+        .await?;
+    let brokers = services::brokers()?;
+    let (status, stderr) = run_relay_program(
+        relay_program(),
+        &[
+            "run",
+            "--database-url",
+            &db.url,
+            "--brokers",
+            &brokers,
+            "--connect-timeout",
+            "5s",
+        ],
+    )
+    .await?;
+    assert!(!status.success(), "exit status {status}");
+    assert!(stderr.contains("lacks migrations [1, 2]"), "{stderr}");
+    assert!(
+        stderr.contains("outbox-relay migrate"),
+        "names the fix: {stderr}"
+    );
+    Ok(())
+}
