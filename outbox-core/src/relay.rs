@@ -202,7 +202,10 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
                 return Vec::new();
             }
         };
-        if !fence.is_valid() {
+        let fenced = outcomes
+            .iter()
+            .any(|outcome| matches!(outcome, Err(error) if error.kind() == crate::PublishErrorKind::Fenced));
+        if fenced || !fence.is_valid() {
             tracing::warn!(
                 messages = batch.len(),
                 "lease expired while publishing; leaving the batch to the lanes' next owner"

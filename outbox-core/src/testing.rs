@@ -230,8 +230,12 @@ impl Publisher for MemoryPublisher {
         let mut published = lock(&self.published);
         batch
             .iter()
-            .map(|stored| {
-                if !fence.is_valid() {
+            .scan(false, |fenced, stored| {
+                *fenced = *fenced || !fence.is_valid();
+                Some((*fenced, stored))
+            })
+            .map(|(fenced, stored)| {
+                if fenced {
                     return Err(PublishError::new(PublishErrorKind::Fenced, "lease expired"));
                 }
                 match script(stored) {

@@ -74,6 +74,22 @@ pub fn classify(error: &KafkaError) -> outbox_core::PublishErrorKind {
             | C::InvalidArgument
             | C::UnsupportedForMessageFormat,
         ) => K::Rejected,
+        Some(
+            C::MessageTimedOut
+            | C::AllBrokersDown
+            | C::BrokerTransportFailure
+            | C::RequestTimedOut
+            | C::NetworkException
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend
+            | C::QueueFull
+            | C::OperationTimedOut
+            // The broker failed, not the record (UNKNOWN_SERVER_ERROR, storage errors).
+            | C::Unknown
+            | C::KafkaStorageError,
+        ) => K::Unavailable,
         _ => K::Transient,
     }
 }
@@ -102,16 +118,16 @@ mod tests {
             classify(&produce(RDKafkaErrorCode::InvalidRecord)),
             K::Rejected
         );
+        for outage in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::Unknown,
+        ] {
+            assert_eq!(classify(&produce(outage)), K::Unavailable, "{outage:?}");
+        }
         assert_eq!(
-            classify(&produce(RDKafkaErrorCode::MessageTimedOut)),
-            K::Transient
-        );
-        assert_eq!(
-            classify(&produce(RDKafkaErrorCode::AllBrokersDown)),
-            K::Transient
-        );
-        assert_eq!(
-            classify(&produce(RDKafkaErrorCode::NotEnoughReplicas)),
+            classify(&produce(RDKafkaErrorCode::OutOfOrderSequenceNumber)),
             K::Transient
         );
     }

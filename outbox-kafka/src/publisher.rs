@@ -158,8 +158,12 @@ impl Publisher for KafkaPublisher {
     ) -> Vec<Result<(), PublishError>> {
         let producer = self.producer();
         let mut pending = Vec::with_capacity(batch.len());
+        // Once the fence has been seen expired nothing more of the batch goes out, even if a late
+        // heartbeat reopens it: a hole in the middle of a lane would reorder it.
+        let mut fenced = false;
         for stored in batch {
-            if !fence.is_valid() {
+            fenced = fenced || !fence.is_valid();
+            if fenced {
                 pending.push(Err(PublishError::new(
                     PublishErrorKind::Fenced,
                     "lease expired before the message was sent",
