@@ -55,6 +55,39 @@ pub struct DeadLetterRow {
     pub dead_lettered_at: DateTime<Utc>,
 }
 
+/// A dead letter in full, as shown.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct DeadLetter {
+    /// Its position in the outbox when it failed.
+    pub seq: i64,
+    /// The message id.
+    pub id: Uuid,
+    /// The slot that chose its lane.
+    pub slot: i32,
+    /// The topic.
+    pub topic: String,
+    /// The key.
+    pub key: Option<Vec<u8>>,
+    /// The event type.
+    pub event_type: Option<String>,
+    /// The event source.
+    pub source: Option<String>,
+    /// The payload's content type.
+    pub content_type: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// The headers, a JSON object.
+    pub headers: serde_json::Value,
+    /// When the message was created.
+    pub created_at: DateTime<Utc>,
+    /// Failed attempts.
+    pub attempts: i32,
+    /// The last error.
+    pub error: String,
+    /// When it was moved here.
+    pub dead_lettered_at: DateTime<Utc>,
+}
+
 /// Lists, replays and purges dead letters.
 #[derive(Debug, Clone)]
 pub struct PgDeadLetters {
@@ -81,6 +114,18 @@ impl PgDeadLetters {
                 .fetch_all(&self.pool)
                 .await?,
         )
+    }
+
+    /// The dead letter of message `id` in full (payload and headers included), or `None` when there
+    /// is none.
+    ///
+    /// # Errors
+    /// [`Error::Database`] when the query fails.
+    pub async fn show(&self, id: Uuid) -> Result<Option<DeadLetter>, Error> {
+        Ok(sqlx::query_as(&self.queries.dead_letters_show)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Moves the matching dead letters back into the outbox, in their original order, with their

@@ -5,6 +5,7 @@
 //!   order behind a safe horizon, settlement of acknowledged and failed messages.
 //! * [`PgInbox`] records what consumers applied, in their own transaction.
 //! * [`PgDeadLetters`] lists, replays and purges messages that could not be published.
+//! * [`PgStatus`] reports the backlog, the dead letters and the running relays.
 //! * [`migrate`] and [`migrations`] create the tables (names set through [`Tables`]).
 //!
 //! ```no_run
@@ -25,12 +26,14 @@ mod outbox;
 mod queries;
 mod relay_store;
 mod rows;
+mod status;
 mod tables;
 
-pub use dead_letters::{DeadLetterFilter, DeadLetterRow, PgDeadLetters};
+pub use dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterRow, PgDeadLetters};
 pub use error::Error;
 pub use inbox::PgInbox;
 pub use migrations::{Migration, migrate, migrations, pending_migrations};
 pub use outbox::PgOutbox;
 pub use relay_store::{PgRelayStore, PgRelayStoreConfig};
+pub use status::{OutboxStatus, PgStatus, RelaySession, TopicBacklog};
 pub use tables::Tables;

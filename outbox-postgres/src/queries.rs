@@ -48,6 +48,10 @@ pub(crate) struct Queries {
     pub dead_letters_list: String,
     pub dead_letters_replay: String,
     pub dead_letters_purge: String,
+    pub dead_letters_show: String,
+    pub status_backlog: String,
+    pub status_dead_letters: String,
+    pub status_relays: String,
 }
 
 impl Queries {
@@ -168,6 +172,30 @@ impl Queries {
             dead_letters_purge: format!(
                 "DELETE FROM {dead_letters} WHERE seq IN (
                      SELECT seq FROM {dead_letters} WHERE {DEAD_LETTER_FILTER} ORDER BY seq LIMIT $7)"
+            ),
+            dead_letters_show: format!(
+                "SELECT seq, id, slot, topic, key, event_type, source, content_type, payload, headers,
+                        created_at, attempts, error, dead_lettered_at
+                 FROM {dead_letters} WHERE id = $1 ORDER BY seq LIMIT 1"
+            ),
+            // Unpublished rows per topic (retention keeps published ones with `published_at` set).
+            status_backlog: format!(
+                "SELECT topic, count(*)::int8 AS messages, min(created_at) AS oldest_created_at,
+                        greatest(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age_seconds
+                 FROM {outbox} WHERE published_at IS NULL GROUP BY topic ORDER BY topic"
+            ),
+            status_dead_letters: format!("SELECT count(*)::int8 FROM {dead_letters}"),
+            // Sessions of the relay program holding locks of this outbox; the exclusive ones below
+            // MEMBER_BASE are lanes.
+            status_relays: format!(
+                "SELECT a.pid, a.client_addr::text AS client_addr, a.backend_start,
+                        (count(*) FILTER (WHERE l.mode = 'ExclusiveLock' AND l.objid::int8 < {MEMBER_BASE}))::int8 AS lanes
+                 FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND l.{this_database} AND l.granted
+                   AND l.classid = {ns} AND l.objsubid = 2
+                   AND a.application_name = 'outbox-relay' AND a.datname = current_database()
+                 GROUP BY a.pid, a.client_addr, a.backend_start
+                 ORDER BY a.backend_start, a.pid"
             ),
             inbox_purge: format!(
                 "DELETE FROM {inbox} WHERE ctid = ANY(ARRAY(

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
+use uuid::Uuid;
 
 /// Publishes a PostgreSQL outbox to Kafka, at least once, in per-key order.
 #[derive(Debug, Parser)]
@@ -20,6 +22,137 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Relay messages from the outbox to Kafka until SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Show the backlog per topic, the dead letters and the running relays.
+    Status(StatusArgs),
+    /// List, show, replay or purge dead letters.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+}
+
+/// Flags of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The subcommands of `dead-letters`.
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// List the matching dead letters, oldest first.
+    List(DeadLetterListArgs),
+    /// Print one dead letter in full, headers and payload included.
+    Show(DeadLetterShowArgs),
+    /// Move the matching dead letters back into the outbox, in their original order.
+    Replay(DeadLetterChangeArgs),
+    /// Delete the matching dead letters for good.
+    Purge(DeadLetterChangeArgs),
+}
+
+/// Which dead letters a subcommand applies to; all given criteria must match.
+#[derive(Debug, Args)]
+pub struct DeadLetterFilterArgs {
+    /// Only this message id (repeatable).
+    #[arg(long = "id", value_name = "UUID")]
+    pub ids: Vec<Uuid>,
+
+    /// Only this topic.
+    #[arg(long)]
+    pub topic: Option<String>,
+
+    /// Only this key (as UTF-8 text).
+    #[arg(long)]
+    pub key: Option<String>,
+
+    /// Only errors containing this text (case-insensitive).
+    #[arg(long = "error", value_name = "TEXT")]
+    pub error: Option<String>,
+
+    /// Only dead-lettered at or after this time (RFC 3339, e.g. 2024-05-01T12:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+
+    /// Only dead-lettered before this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+
+    /// At most this many, oldest first.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
+    pub limit: Option<i64>,
+}
+
+impl DeadLetterFilterArgs {
+    /// Whether no criterion is given (the filter matches every dead letter).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+            && self.topic.is_none()
+            && self.key.is_none()
+            && self.error.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+            && self.limit.is_none()
+    }
+}
+
+/// Flags of `dead-letters list`.
+#[derive(Debug, Args)]
+pub struct DeadLetterListArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Which dead letters.
+    #[command(flatten)]
+    pub filter: DeadLetterFilterArgs,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `dead-letters show`.
+#[derive(Debug, Args)]
+pub struct DeadLetterShowArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// The message id.
+    #[arg(long, value_name = "UUID")]
+    pub id: Uuid,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `dead-letters replay` and `dead-letters purge`.
+#[derive(Debug, Args)]
+pub struct DeadLetterChangeArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Which dead letters.
+    #[command(flatten)]
+    pub filter: DeadLetterFilterArgs,
+
+    /// Apply to every dead letter; required when no filter is given.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Print what would be affected and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the outbox lives.
@@ -109,6 +242,12 @@ pub struct RunArgs {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("`{text}` is not a duration like 500ms, 2s or 1m: {e}"))
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|e| format!("`{text}` is not an RFC 3339 time like 2024-05-01T12:00:00Z: {e}"))
 }
 
 fn parse_retention(text: &str) -> Result<Duration, String> {

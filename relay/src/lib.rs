@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod admin;
 pub mod cli;
 mod commands;
 mod connect;
@@ -29,6 +30,13 @@ pub fn main() -> ExitCode {
         match cli.command {
             cli::Command::Migrate(args) => commands::migrate(args).await,
             cli::Command::Run(args) => commands::run(args).await,
+            cli::Command::Status(args) => admin::status(args).await,
+            cli::Command::DeadLetters(command) => match command {
+                cli::DeadLettersCommand::List(args) => admin::dead_letters_list(args).await,
+                cli::DeadLettersCommand::Show(args) => admin::dead_letters_show(args).await,
+                cli::DeadLettersCommand::Replay(args) => admin::dead_letters_replay(args).await,
+                cli::DeadLettersCommand::Purge(args) => admin::dead_letters_purge(args).await,
+            },
         }
     });
     match result {

@@ -1,6 +1,7 @@
 //! End-to-end tests: real PostgreSQL (`DATABASE_URL`) and a real Kafka-protocol broker
 //! (`KAFKA_BROKERS`), both started by `scripts/services.sh`.
 
+mod admin;
 mod bad_input;
 mod chaos;
 mod crash;

@@ -428,6 +428,25 @@ pub async fn run_relay_program(
     ))
 }
 
+/// Runs the relay program to completion like [`run_relay_program`]; returns its exit status,
+/// stdout and stderr.
+pub async fn run_relay_program_output(
+    program: &Path,
+    args: &[&str],
+) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("KAFKA_BROKERS");
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output()).await??;
+    Ok((
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
 /// Opens a plain connection to the test database (outside its pool).
 pub async fn connect(db: &TestDb) -> anyhow::Result<PgConnection> {
     Ok(PgConnection::connect(&db.url).await?)
