@@ -35,7 +35,7 @@ impl Default for RelayConfig {
             retry: RetryPolicy::default(),
             shutdown_grace: Duration::from_secs(10),
             store_backoff: Duration::from_millis(500),
-            pipeline: true,
+            pipeline: false,
         }
     }
 }
@@ -83,8 +83,10 @@ impl RelayConfig {
     }
 
     /// Whether to claim the next batch while the broker is still acknowledging the current one.
-    /// Default on. The prefetched batch is published only if the current one settled without a
-    /// failure; otherwise it is dropped and claimed again (a failure may have blocked its lanes).
+    /// Default **off**. The prefetched batch is published only if the current one settled without
+    /// a failure; otherwise it is dropped and claimed again (a failure may have blocked its lanes).
+    /// With it on, a broker stopped in the middle of a backlog was seen to reorder one key in about
+    /// one run in four (tansu 0.6; cause not yet found), so it stays off until that is understood.
     pub fn pipeline(mut self, pipeline: bool) -> Self {
         self.pipeline = pipeline;
         self
@@ -382,6 +384,27 @@ mod tests {
         let publisher = MemoryPublisher::new();
         store.enqueue((0..50).map(|n| message(if n % 2 == 0 { "a" } else { "b" }, n)));
         let relay = Relay::new(store.clone(), publisher.clone(), fast_config());
+        let stats = run_until(&relay, &store, |s| s.pending().is_empty()).await;
+        let order: Vec<Vec<u8>> = publisher
+            .published()
+            .into_iter()
+            .map(|m| m.payload)
+            .collect();
+        let expected: Vec<Vec<u8>> = (0..50).map(|n: usize| n.to_string().into_bytes()).collect();
+        assert_eq!(order, expected);
+        assert_eq!(stats.published, 50);
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_relay_publishes_every_message_in_enqueue_order() {
+        let store = MemoryStore::new();
+        let publisher = MemoryPublisher::new();
+        store.enqueue((0..50).map(|n| message(if n % 3 == 0 { "a" } else { "b" }, n)));
+        let relay = Relay::new(
+            store.clone(),
+            publisher.clone(),
+            fast_config().pipeline(true),
+        );
         let stats = run_until(&relay, &store, |s| s.pending().is_empty()).await;
         let order: Vec<Vec<u8>> = publisher
             .published()
