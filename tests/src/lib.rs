@@ -416,16 +416,8 @@ pub async fn run_relay_program(
     program: &Path,
     args: &[&str],
 ) -> anyhow::Result<(std::process::ExitStatus, String)> {
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("KAFKA_BROKERS");
-    let output = tokio::time::timeout(Duration::from_secs(60), command.output()).await??;
-    Ok((
-        output.status,
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    let (status, _stdout, stderr) = run_relay_program_output(program, args).await?;
+    Ok((status, stderr))
 }
 
 /// Runs the relay program to completion like [`run_relay_program`]; returns its exit status,
