@@ -73,16 +73,16 @@ pub trait RelayStore: Send + Sync {
     ) -> impl Future<Output = Result<Vec<StoredMessage>, Self::Error>> + Send;
 
     /// Claims the batch that follows an in-flight one, while the broker is still acknowledging it:
-    /// up to `limit` due messages numbered above `after` (the in-flight batch's last `seq`), in the
-    /// same order as [`claim`](Self::claim), leaving out every lane that has a message waiting for a
-    /// retry. It must not change lane ownership (the in-flight batch's lanes stay this relay's).
-    /// Default: nothing, which turns pipelining off.
+    /// what [`claim`](Self::claim) would return if the `in_flight` messages were already gone, but
+    /// leaving out every lane that has a message waiting for a retry. It must not change lane
+    /// ownership (the in-flight batch's lanes stay this relay's). Default: nothing, which turns
+    /// pipelining off.
     fn claim_after(
         &self,
         limit: usize,
-        after: i64,
+        in_flight: &[i64],
     ) -> impl Future<Output = Result<Vec<StoredMessage>, Self::Error>> + Send {
-        let _ = (limit, after);
+        let _ = (limit, in_flight);
         async { Ok(Vec::new()) }
     }
 

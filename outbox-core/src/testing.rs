@@ -86,9 +86,9 @@ impl MemoryStore {
         self.fence.clone()
     }
 
-    /// Due messages in order; with `after`, only those numbered above it, and no key that has a
-    /// message waiting for a retry.
-    fn due(&self, limit: usize, after: Option<i64>) -> Vec<StoredMessage> {
+    /// Due messages in order; with `in_flight`, none of those, and no key that has a message
+    /// waiting for a retry.
+    fn due(&self, limit: usize, in_flight: Option<&[i64]>) -> Vec<StoredMessage> {
         let state = lock(&self.inner);
         let now = Utc::now();
         let mut blocked: HashSet<Option<Vec<u8>>> = HashSet::new();
@@ -98,7 +98,7 @@ impl MemoryStore {
             if blocked.contains(&key) {
                 continue;
             }
-            let retrying = match after {
+            let retrying = match in_flight {
                 Some(_) => not_before.is_some(),
                 None => not_before.is_some_and(|at| at > now),
             };
@@ -106,7 +106,7 @@ impl MemoryStore {
                 blocked.insert(key);
                 continue;
             }
-            if after.is_some_and(|after| row.seq <= after) {
+            if in_flight.is_some_and(|in_flight| in_flight.contains(&row.seq)) {
                 continue;
             }
             batch.push(row.clone());
@@ -133,9 +133,9 @@ impl RelayStore for MemoryStore {
     async fn claim_after(
         &self,
         limit: usize,
-        after: i64,
+        in_flight: &[i64],
     ) -> Result<Vec<StoredMessage>, InjectedFailure> {
-        Ok(self.due(limit, Some(after)))
+        Ok(self.due(limit, Some(in_flight)))
     }
 
     async fn settle(&self, settlement: &Settlement) -> Result<u64, InjectedFailure> {

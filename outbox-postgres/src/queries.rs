@@ -87,12 +87,12 @@ impl Queries {
                  WHERE locktype = 'advisory' AND {this_database}
                    AND classid = {ns} AND objid = {WRITER_KEY} AND objsubid = 2 AND granted"
             ),
-            // $5: claim only above this number (0 for all); $6: claiming ahead of an in-flight
+            // $5: the in-flight batch, left out (empty for a plain claim); $6: claiming ahead of an in-flight
             // batch, which leaves out every lane with a retry pending, due or not.
             claim: format!(
                 "SELECT {MESSAGE_COLUMNS} FROM {outbox}
                  WHERE seq <= $1
-                   AND seq > $5
+                   AND seq <> ALL($5)
                    AND published_at IS NULL
                    AND (slot % $2) = ANY($3)
                    AND (slot % $2) <> ALL(ARRAY(

@@ -316,34 +316,33 @@ impl PgRelayStore {
     async fn claim_on_session(
         &self,
         limit: usize,
-        after: Option<i64>,
+        in_flight: Option<&[i64]>,
     ) -> Result<Vec<StoredMessage>, Error> {
         let mut session = self.session.lock().await;
-        let result = self.claim_in(&mut session, limit, after).await;
+        let result = self.claim_in(&mut session, limit, in_flight).await;
         if let Err(error) = &result {
             session.disconnect(error);
         }
         result
     }
 
-    /// Claims due messages; with `after` (claiming ahead of an in-flight batch) only those numbered
-    /// above it, on the current session and lanes as they are: no reconnect, no rebalance, no purge.
+    /// Claims due messages; with `in_flight` (claiming ahead of an in-flight batch) none of those, on the current session and lanes as they are: no reconnect, no rebalance, no purge.
     async fn claim_in(
         &self,
         session: &mut Session,
         limit: usize,
-        after: Option<i64>,
+        in_flight: Option<&[i64]>,
     ) -> Result<Vec<StoredMessage>, Error> {
         let started = Instant::now();
         let rebalance_due = session
             .last_rebalance
             .is_none_or(|at| at.elapsed() >= self.rebalance_interval);
-        if after.is_some() && rebalance_due {
+        if in_flight.is_some() && rebalance_due {
             // Claiming ahead would keep a busy relay from ever rebalancing (or purging): let the
             // in-flight batch settle and the next plain claim do that first.
             return Ok(Vec::new());
         }
-        if after.is_none() {
+        if in_flight.is_none() {
             if session.conn.is_none() {
                 self.connect(session).await?;
             }
@@ -379,8 +378,8 @@ impl PgRelayStore {
             .bind(self.lanes as i32)
             .bind(&owned)
             .bind(limit as i64)
-            .bind(after.unwrap_or(0))
-            .bind(after.is_some())
+            .bind(in_flight.unwrap_or_default())
+            .bind(in_flight.is_some())
             .fetch_all(&mut *conn)
             .await?;
         let mut batch = Vec::with_capacity(rows.len());
@@ -552,8 +551,12 @@ impl RelayStore for PgRelayStore {
         self.claim_on_session(limit, None).await
     }
 
-    async fn claim_after(&self, limit: usize, after: i64) -> Result<Vec<StoredMessage>, Error> {
-        self.claim_on_session(limit, Some(after)).await
+    async fn claim_after(
+        &self,
+        limit: usize,
+        in_flight: &[i64],
+    ) -> Result<Vec<StoredMessage>, Error> {
+        self.claim_on_session(limit, Some(in_flight)).await
     }
 
     async fn settle(&self, settlement: &Settlement) -> Result<u64, Error> {

@@ -131,8 +131,8 @@ async fn claiming_ahead_takes_what_follows_the_in_flight_batch_and_skips_lanes_w
 
     let batch = relay.claim(3).await.expect("claim");
     assert_eq!(ids(&batch), vec![head.id, in_flight[0].id, in_flight[1].id]);
-    let after = batch.last().map(|m| m.seq).expect("a batch");
-    let ahead = relay.claim_after(10, after).await.expect("claim ahead");
+    let seqs: Vec<i64> = batch.iter().map(|m| m.seq).collect();
+    let ahead = relay.claim_after(10, &seqs).await.expect("claim ahead");
     assert_eq!(
         ids(&ahead),
         vec![
@@ -143,6 +143,70 @@ async fn claiming_ahead_takes_what_follows_the_in_flight_batch_and_skips_lanes_w
         ],
         "only what follows the in-flight batch, and nothing of the lane whose head is being retried"
     );
+    relay.close().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn claiming_ahead_resumes_a_lane_it_skipped_from_its_head(pool: PgPool) {
+    migrate(&pool).await;
+    let a = key_in_lane("a", 0, LANES);
+    let b = key_in_lane("b", 1, LANES);
+    let (a1, b1, b2, a2, b3, b4) = (
+        message(&a, 1),
+        message(&b, 2),
+        message(&b, 3),
+        message(&a, 4),
+        message(&b, 5),
+        message(&b, 6),
+    );
+    enqueue_committed(
+        &pool,
+        &[
+            a1.clone(),
+            b1.clone(),
+            b2.clone(),
+            a2.clone(),
+            b3.clone(),
+            b4.clone(),
+        ],
+    )
+    .await;
+    let relay = store(&pool, LANES);
+    // a1 failed once and is due again.
+    let first = claim(&relay, 1).await;
+    let settlement = Settlement {
+        retries: vec![Retry {
+            seq: first[0].seq,
+            attempts: 1,
+            not_before: Utc::now(),
+            error: "Unavailable".into(),
+        }],
+        ..Settlement::default()
+    };
+    assert_eq!(relay.settle(&settlement).await.expect("settle"), 1);
+
+    let batch = relay.claim(2).await.expect("claim");
+    assert_eq!(ids(&batch), vec![a1.id, b1.id]);
+    let in_flight: Vec<i64> = batch.iter().map(|m| m.seq).collect();
+    let ahead = relay
+        .claim_after(10, &in_flight)
+        .await
+        .expect("claim ahead");
+    assert_eq!(
+        ids(&ahead),
+        vec![b2.id, b3.id, b4.id],
+        "lane a waits: its head is being retried"
+    );
+    assert_eq!(publish(&relay, &batch).await, 2);
+
+    // Lane a's retry went through; claiming ahead of b2..b4 must resume lane a at a2, although a2
+    // is numbered below b4.
+    let in_flight: Vec<i64> = ahead.iter().map(|m| m.seq).collect();
+    let next = relay
+        .claim_after(10, &in_flight)
+        .await
+        .expect("claim ahead");
+    assert_eq!(ids(&next), vec![a2.id]);
     relay.close().await;
 }
 
