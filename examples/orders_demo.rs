@@ -15,7 +15,8 @@ use std::time::Duration;
 use anyhow::Context;
 use outbox_core::{CancellationToken, Message, Relay, RelayConfig};
 use outbox_kafka::{
-    ClientConfig, ConsumerStats, HandlerFuture, InboxConsumer, KafkaPublisher, Received,
+    ClientConfig, ConsumerStats, HandlerFuture, InboxConsumer, InboxRetention, KafkaPublisher,
+    Received,
 };
 use outbox_postgres::{PgInbox, PgOutbox, PgRelayStore, PgRelayStoreConfig, Tables};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -162,12 +163,13 @@ async fn place_order(
     Ok(order_id)
 }
 
+/// The shipping service's handler for `OrderPlaced`: runs in the same transaction as the inbox row.
 fn ship<'a>(
     tx: &'a mut Transaction<'static, Postgres>,
+    event: OrderPlaced,
     received: &'a Received,
 ) -> HandlerFuture<'a> {
     Box::pin(async move {
-        let event: OrderPlaced = received.json()?;
         sqlx::query("INSERT INTO demo_shipments (order_id) VALUES ($1)")
             .bind(event.order_id)
             .execute(&mut **tx)
@@ -192,13 +194,26 @@ async fn run_consumer(
     placed: &[Uuid],
 ) -> anyhow::Result<ConsumerStats> {
     let mut config = kafka.clone();
-    config.set("group.id", format!("{topic}-{group}"));
-    let consumer = InboxConsumer::new(&config, &[topic], PgInbox::new(pool.clone()), "shipping")?;
+    config
+        .set("group.id", format!("{topic}-{group}"))
+        // Short fetch waits: the demo's broker (tansu) answers long polls slowly.
+        .set("fetch.wait.max.ms", "100");
+    let inbox = PgInbox::new(pool.clone());
+    let purge = inbox.clone();
+    let consumer = InboxConsumer::builder(&config, inbox, "shipping")
+        .topics([topic])
+        .on("OrderPlaced", ship)
+        // Inbox rows older than the topic's retention can go: no redelivery reaches back further.
+        .inbox_retention(
+            InboxRetention::keep(Duration::from_secs(7 * 86_400)),
+            move |before, batch| {
+                let inbox = purge.clone();
+                async move { inbox.purge_older_than(before, batch).await }
+            },
+        )
+        .build()?;
     let stop = CancellationToken::new();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move { consumer.run(ship, stop).await }
-    });
+    let task = tokio::spawn(consumer.run(stop.clone()));
     let last = placed.last().copied().context("no order placed")?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {

@@ -46,6 +46,22 @@ pub enum Error {
         reason: String,
     },
 
+    /// The inbox consumer is configured in a way that cannot work.
+    #[error("invalid consumer configuration: {0}")]
+    Config(String),
+
+    /// A record arrived on the consumer's main queue instead of its partition's own queue (the
+    /// partition could not be given one); the consumer stops without committing it.
+    #[error("record {topic}/{partition}@{offset} arrived outside its partition queue")]
+    UnroutedRecord {
+        /// The record's topic.
+        topic: String,
+        /// The record's partition.
+        partition: i32,
+        /// The record's offset.
+        offset: i64,
+    },
+
     /// The inbox (the database) failed.
     #[error("inbox failed")]
     Inbox(#[source] outbox_core::BoxError),

@@ -3,15 +3,27 @@
 //! * [`KafkaPublisher`]: the relay's publisher, an idempotent `acks=all` producer sending whole
 //!   batches and classifying failures for retry or dead letter.
 //! * [`record`]: how a message becomes a Kafka record (CloudEvents Kafka binding, binary mode).
-//! * [`InboxConsumer`]: applies each consumed message once per consumer name through an
-//!   [`outbox_core::Inbox`] (for example `outbox_postgres::PgInbox`).
+//! * [`InboxConsumer`]: a consumer-group runner that applies each consumed message once per
+//!   consumer name through an [`outbox_core::Inbox`] (for example `outbox_postgres::PgInbox`):
+//!   typed handlers by `ce_type`, partitions in parallel and each in order, offsets committed only
+//!   after the database commit, retries with backoff, a [`dead_letter`] topic, inbox retention.
 
 mod consumer;
+pub mod dead_letter;
 mod error;
+mod handler;
+mod offsets;
 mod publisher;
+mod received;
 pub mod record;
+mod span;
 
-pub use consumer::{ConsumerStats, Handler, HandlerFuture, InboxConsumer, Received, handler_fn};
+pub use consumer::{
+    ConsumerStats, InboxConsumer, InboxConsumerBuilder, InboxRetention, StatsHandle,
+};
+pub use dead_letter::DeadLetterReason;
 pub use error::{Error, classify};
+pub use handler::{Handler, HandlerFuture, UnknownTypes, handler_fn};
 pub use publisher::KafkaPublisher;
 pub use rdkafka::ClientConfig;
+pub use received::Received;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use outbox_core::{CancellationToken, Message, Publisher, StoredMessage};
 use outbox_kafka::{
-    ConsumerStats, HandlerFuture, InboxConsumer, KafkaPublisher, Received, handler_fn,
+    ConsumerStats, HandlerFuture, InboxConsumer, InboxConsumerBuilder, KafkaPublisher, Received,
+    handler_fn,
 };
 use outbox_postgres::PgInbox;
 use outbox_tests::{TestDb, create_topic, init_logs, kafka_config};
@@ -44,18 +45,14 @@ async fn effects(db: &TestDb, id: Uuid) -> anyhow::Result<i64> {
 }
 
 /// Runs `consumer` until `marker`'s effect is in the database, then stops it.
-async fn consume_until<H>(
+async fn consume_until(
     db: &TestDb,
-    consumer: InboxConsumer<PgInbox>,
-    handler: H,
+    consumer: InboxConsumerBuilder<PgInbox>,
     marker: Uuid,
-) -> anyhow::Result<ConsumerStats>
-where
-    H: outbox_kafka::Handler<Transaction<'static, Postgres>> + 'static,
-{
+) -> anyhow::Result<ConsumerStats> {
+    let consumer = consumer.build()?;
     let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    let task = tokio::spawn(async move { consumer.run(handler, token).await });
+    let task = tokio::spawn(consumer.run(shutdown.clone()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while effects(db, marker).await? == 0 {
         anyhow::ensure!(
@@ -68,15 +65,12 @@ where
     Ok(tokio::time::timeout(Duration::from_secs(30), task).await???)
 }
 
-fn consumer(db: &TestDb, topic: &str) -> anyhow::Result<InboxConsumer<PgInbox>> {
+fn consumer(db: &TestDb, topic: &str) -> anyhow::Result<InboxConsumerBuilder<PgInbox>> {
     let mut config = kafka_config()?;
-    config.set("group.id", format!("inbox-{}", Uuid::now_v7().simple()));
-    Ok(InboxConsumer::new(
-        &config,
-        &[topic],
-        PgInbox::new(db.pool.clone()),
-        "billing",
-    )?)
+    config
+        .set("group.id", format!("inbox-{}", Uuid::now_v7().simple()))
+        .set("fetch.wait.max.ms", "50");
+    Ok(InboxConsumer::builder(&config, PgInbox::new(db.pool.clone()), "billing").topics([topic]))
 }
 
 fn record_effect<'a>(
@@ -105,7 +99,7 @@ async fn a_redelivered_message_applies_its_effect_once() -> anyhow::Result<()> {
     // The same message twice (as a relay that crashed before settling would send it), then a marker.
     publish(&topic, &[message.clone(), message.clone(), marker.clone()]).await?;
 
-    let stats = consume_until(&db, consumer(&db, &topic)?, record_effect, marker.id).await?;
+    let stats = consume_until(&db, consumer(&db, &topic)?.raw(record_effect), marker.id).await?;
     assert_eq!(
         effects(&db, message.id).await?,
         1,
@@ -155,8 +149,7 @@ async fn a_failing_handler_rolls_back_its_inbox_row_and_the_message_is_retried_u
     );
     let stats = consume_until(
         &db,
-        consumer(&db, &topic)?.retry(fast_retry()),
-        handler,
+        consumer(&db, &topic)?.raw(handler).retry(fast_retry()),
         marker.id,
     )
     .await?;

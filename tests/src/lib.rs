@@ -25,6 +25,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+pub mod consumers;
 pub mod private;
 pub mod services;
 

@@ -1,0 +1,314 @@
+//! Failing handlers, poison records and undecodable records: retried, then dead-lettered with
+//! their error headers; the partition moves on; nothing is skipped silently.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outbox_core::Message;
+use outbox_kafka::Received;
+use outbox_kafka::dead_letter::{
+    DLQ_ATTEMPTS, DLQ_CONSUMER, DLQ_ERROR, DLQ_GROUP, DLQ_ORIGINAL_OFFSET, DLQ_ORIGINAL_PARTITION,
+    DLQ_ORIGINAL_TOPIC, DLQ_REASON,
+};
+use outbox_tests::consumers::{
+    STEP, Step, create_effects_table, effects_report, publish, record_step, steps, wait_for_effects,
+};
+use outbox_tests::{Record, TestDb, create_topic, init_logs, kafka_config, read_topic};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{INBOX_NAME, Running, builder, group, quick_retry, wait_for_stats};
+
+fn header<'r>(record: &'r Record, name: &str) -> &'r str {
+    record.headers.get(name).map_or("<missing>", String::as_str)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_failing_three_times_applies_once_and_a_poison_record_is_dead_lettered_while_its_partition_continues()
+-> anyhow::Result<()> {
+    init_logs();
+    let db = TestDb::create().await?;
+    create_effects_table(&db.pool).await?;
+    let topic = create_topic(2).await?;
+    let dead_letters = create_topic(1).await?;
+    // One key, so one partition: 20 steps in order.
+    let messages = steps(&topic, 1, 20)?;
+    let flaky = messages[4].clone();
+    let poison = messages[9].clone();
+    publish(&messages).await?;
+
+    let calls: Arc<Mutex<HashMap<Uuid, u32>>> = Arc::default();
+    let counted = calls.clone();
+    let (flaky_id, poison_id) = (flaky.id, poison.id);
+    let group = group("failures");
+    let consumer = Running::start(
+        builder(&db, &topic, &group)?
+            .on(
+                STEP,
+                move |tx: &mut Transaction<'static, Postgres>, step: Step, received: &Received| {
+                    let call = {
+                        let mut calls = counted.lock().expect("not poisoned");
+                        let call = calls.entry(received.id).or_default();
+                        *call += 1;
+                        *call
+                    };
+                    if received.id == flaky_id && call <= 3 {
+                        return Box::pin(async move {
+                            Err(format!("downstream unavailable (call {call})").into())
+                        });
+                    }
+                    if received.id == poison_id {
+                        return Box::pin(async {
+                            Err("poison: this record can never be applied".into())
+                        });
+                    }
+                    record_step(tx, step, received, "consumer")
+                },
+            )
+            .retry(quick_retry(4))
+            .dead_letter_topic(&dead_letters),
+    )?;
+    wait_for_effects(&db.pool, 19, Duration::from_secs(60)).await?;
+    let stats = wait_for_stats(
+        &consumer.stats,
+        Duration::from_secs(30),
+        "dead-lettering",
+        |s| s.dead_lettered == 1,
+    )
+    .await?;
+    let stats_at_stop = consumer.stop().await?;
+    assert_eq!(
+        stats, stats_at_stop,
+        "nothing happened after the last record"
+    );
+
+    let calls = calls.lock().expect("not poisoned").clone();
+    assert_eq!(calls[&flaky.id], 4, "three failures, then success");
+    assert_eq!(
+        calls[&poison.id], 4,
+        "all four attempts spent on the poison record"
+    );
+    assert_eq!(stats.failures, 3 + 4);
+    assert_eq!(stats.applied, 19);
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT seq FROM effects ORDER BY n")
+        .fetch_all(&db.pool)
+        .await?;
+    let expected: Vec<i64> = (1..=20).filter(|seq| *seq != 10).collect();
+    assert_eq!(
+        applied, expected,
+        "flaky applied once; the partition continued past the poison"
+    );
+    let flaky_effects: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM effects WHERE message_id = $1")
+            .bind(flaky.id)
+            .fetch_one(&db.pool)
+            .await?;
+    assert_eq!(flaky_effects, 1, "the failed attempts left nothing behind");
+
+    let records = read_topic(&dead_letters, 1, Duration::from_secs(15)).await?;
+    assert_eq!(records.len(), 1, "one dead letter");
+    let dead = &records[0];
+    assert_eq!(dead.id(), Some(poison.id), "ce_id kept");
+    assert_eq!(dead.key.as_deref(), poison.key.as_deref(), "key kept");
+    assert_eq!(dead.payload, poison.payload, "payload kept");
+    assert_eq!(header(dead, "ce_type"), STEP);
+    assert_eq!(header(dead, DLQ_REASON), "handler-failed");
+    assert_eq!(header(dead, DLQ_ATTEMPTS), "4");
+    assert!(header(dead, DLQ_ERROR).contains("poison: this record can never be applied"));
+    assert_eq!(header(dead, DLQ_ORIGINAL_TOPIC), topic);
+    let original = read_topic(&topic, 20, Duration::from_secs(15)).await?;
+    let at = original
+        .iter()
+        .find(|r| r.id() == Some(poison.id))
+        .expect("the poison record is on the topic");
+    assert_eq!(
+        header(dead, DLQ_ORIGINAL_PARTITION),
+        at.partition.to_string()
+    );
+    assert_eq!(header(dead, DLQ_ORIGINAL_OFFSET), at.offset.to_string());
+    assert_eq!(header(dead, DLQ_CONSUMER), INBOX_NAME);
+    assert_eq!(header(dead, DLQ_GROUP), group);
+    Ok(())
+}
+
+/// Log lines written while a test runs on the current thread.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("not poisoned").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().expect("not poisoned"))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Produces a record as given, headers and all, bypassing the publisher (which always sets
+/// `ce_id`).
+async fn produce_raw(
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = kafka_config()?.create()?;
+    let mut owned = OwnedHeaders::new();
+    for (key, value) in headers {
+        owned = owned.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
+    }
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(owned),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(error, _)| error)?;
+    Ok(())
+}
+
+// The current-thread runtime runs every task of the consumer on this thread, where the test's
+// log subscriber is installed.
+#[tokio::test(flavor = "current_thread")]
+async fn undecodable_records_are_dead_lettered_with_a_log_line_unknown_types_are_skipped_and_the_partition_continues()
+-> anyhow::Result<()> {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("outbox_kafka=debug")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+
+    let db = TestDb::create().await?;
+    create_effects_table(&db.pool).await?;
+    let topic = create_topic(1).await?;
+    let dead_letters = create_topic(1).await?;
+    let step = |seq| Step {
+        key: "k".into(),
+        seq,
+    };
+    let first = Message::builder(&topic)
+        .key("k")
+        .event_type(STEP)
+        .json(&step(1))?;
+    let not_json = Message::builder(&topic)
+        .key("k")
+        .event_type(STEP)
+        .bytes(b"{\"key\": \"k\", \"seq\": ".to_vec(), "application/json")?;
+    let wrong_shape = Message::builder(&topic)
+        .key("k")
+        .event_type(STEP)
+        .json(&"a string")?;
+    let unknown = Message::builder(&topic)
+        .key("k")
+        .event_type("OrderCancelled")
+        .json(&step(0))?;
+    let last = Message::builder(&topic)
+        .key("k")
+        .event_type(STEP)
+        .json(&step(2))?;
+    publish(&[first, not_json.clone(), wrong_shape.clone(), unknown]).await?;
+    // Offset 4: no ce_id at all.
+    produce_raw(
+        &topic,
+        "k",
+        br#"{"key":"k","seq":99}"#,
+        &[("ce_type", STEP)],
+    )
+    .await?;
+    publish(&[last]).await?;
+
+    let consumer = Running::start(
+        builder(&db, &topic, &group("undecodable"))?
+            .on(
+                STEP,
+                |tx: &mut Transaction<'static, Postgres>, step: Step, received: &Received| {
+                    record_step(tx, step, received, "consumer")
+                },
+            )
+            .dead_letter_topic(&dead_letters),
+    )?;
+    wait_for_effects(&db.pool, 2, Duration::from_secs(60)).await?;
+    let stats = wait_for_stats(
+        &consumer.stats,
+        Duration::from_secs(30),
+        "dead-lettering",
+        |s| s.dead_lettered == 3,
+    )
+    .await?;
+    consumer.stop().await?;
+
+    // The partition continued: steps 1 and 2 applied, nothing else.
+    let report = effects_report(&db.pool).await?;
+    assert_eq!(report.rows, 2, "{report:?}");
+    assert_eq!(stats.ignored, 1, "the unknown type was skipped and counted");
+    assert_eq!(stats.failures, 0, "undecodable records are not retried");
+
+    let records = read_topic(&dead_letters, 3, Duration::from_secs(15)).await?;
+    let by_offset: BTreeMap<String, &Record> = records
+        .iter()
+        .map(|r| (header(r, DLQ_ORIGINAL_OFFSET).to_owned(), r))
+        .collect();
+    assert_eq!(
+        by_offset.keys().collect::<Vec<_>>(),
+        ["1", "2", "4"],
+        "{records:?}"
+    );
+    for record in by_offset.values() {
+        assert_eq!(header(record, DLQ_REASON), "undecodable");
+        assert_eq!(header(record, DLQ_ATTEMPTS), "0");
+    }
+    assert!(header(by_offset["1"], DLQ_ERROR).contains("does not decode as"));
+    assert_eq!(by_offset["1"].payload, not_json.payload);
+    assert!(header(by_offset["2"], DLQ_ERROR).contains("does not decode as"));
+    assert_eq!(by_offset["2"].id(), Some(wrong_shape.id));
+    assert!(header(by_offset["4"], DLQ_ERROR).contains("no ce_id"));
+    assert_eq!(header(by_offset["4"], "ce_type"), STEP);
+
+    // Each dead-lettering is a log line at ERROR naming the record and the error.
+    let lines = logs.lines();
+    for offset in [1, 2, 4] {
+        let line = lines
+            .iter()
+            .find(|l| {
+                l.contains("dead-letter topic; the partition moves on")
+                    && l.contains(&format!("offset={offset} "))
+            })
+            .unwrap_or_else(|| panic!("no dead-letter log line for offset {offset}: {lines:#?}"));
+        assert!(line.contains("ERROR"), "{line}");
+        assert!(line.contains(&format!("topic={topic}")), "{line}");
+        assert!(line.contains("partition=0"), "{line}");
+        assert!(line.contains("reason=undecodable"), "{line}");
+        assert!(line.contains("error="), "{line}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("DEBUG")
+            && l.contains("no handler for this event type")
+            && l.contains("OrderCancelled")),
+        "the skipped record is logged at debug: {lines:#?}"
+    );
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! The runner purges inbox rows past the retention horizon.
+
+use std::time::Duration;
+
+use outbox_kafka::{InboxRetention, Received};
+use outbox_tests::consumers::{
+    STEP, Step, create_effects_table, publish, record_step, steps, wait_for_effects,
+};
+use outbox_tests::{TestDb, create_topic, init_logs};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{INBOX_NAME, Running, builder, group, wait_for_stats};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inbox_rows_past_the_horizon_are_purged_in_batches_and_recent_ones_kept()
+-> anyhow::Result<()> {
+    init_logs();
+    let db = TestDb::create().await?;
+    create_effects_table(&db.pool).await?;
+    let old: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    let recent: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    sqlx::query(
+        "INSERT INTO inbox (consumer, message_id, received_at)
+         SELECT $1, id, now() - interval '10 days' FROM unnest($2::uuid[]) AS id
+         UNION ALL
+         SELECT $1, id, now() - interval '1 hour' FROM unnest($3::uuid[]) AS id",
+    )
+    .bind(INBOX_NAME)
+    .bind(&old)
+    .bind(&recent)
+    .execute(&db.pool)
+    .await?;
+    let topic = create_topic(1).await?;
+    publish(&steps(&topic, 1, 1)?).await?;
+
+    let inbox = outbox_postgres::PgInbox::new(db.pool.clone());
+    let consumer = Running::start(
+        builder(&db, &topic, &group("retention"))?
+            .on(
+                STEP,
+                |tx: &mut Transaction<'static, Postgres>, step: Step, received: &Received| {
+                    record_step(tx, step, received, "consumer")
+                },
+            )
+            .inbox_retention(
+                InboxRetention::keep(Duration::from_secs(86_400))
+                    .every(Duration::from_millis(200))
+                    .batch(2),
+                move |before, batch| {
+                    let inbox = inbox.clone();
+                    async move { inbox.purge_older_than(before, batch).await }
+                },
+            ),
+    )?;
+    wait_for_effects(&db.pool, 1, Duration::from_secs(60)).await?;
+    wait_for_stats(&consumer.stats, Duration::from_secs(10), "the purge", |s| {
+        s.purged == 5
+    })
+    .await?;
+    // Later passes find nothing more to purge.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = consumer.stop().await?;
+    assert_eq!(stats.purged, 5);
+
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT message_id FROM inbox ORDER BY received_at")
+        .fetch_all(&db.pool)
+        .await?;
+    assert_eq!(
+        left.len(),
+        4,
+        "three recent rows and the one just applied: {left:?}"
+    );
+    assert!(
+        old.iter().all(|id| !left.contains(id)),
+        "every old row purged"
+    );
+    assert!(
+        recent.iter().all(|id| left.contains(id)),
+        "recent rows kept"
+    );
+    Ok(())
+}
