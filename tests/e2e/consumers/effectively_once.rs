@@ -3,12 +3,12 @@
 use std::time::{Duration, Instant};
 
 use outbox_tests::consumers::{
-    ConsumerProcess, EffectsReport, create_effects_table, effects_report, publish, steps,
-    wait_for_effects,
+    ConsumerProcess, EffectsReport, effects_report, publish, steps, wait_for_effects,
 };
-use outbox_tests::{TestDb, create_topic, init_logs};
 
-use super::{Running, consumer_program, group, step_consumer, wait_for_stats};
+use super::{
+    Running, consumer_program, fresh, group, publish_steps, step_consumer, wait_for_stats,
+};
 
 const KEYS: usize = 100;
 const PER_KEY: usize = 100;
@@ -33,12 +33,9 @@ fn assert_exactly_once(report: &EffectsReport) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_messages_through_an_aborted_consumer_a_restart_and_a_full_replay_apply_once()
 -> anyhow::Result<()> {
-    init_logs();
     let started = Instant::now();
-    let db = TestDb::create().await?;
-    create_effects_table(&db.pool).await?;
-    let topic = create_topic(4).await?;
-    publish(&steps(&topic, KEYS, PER_KEY)?).await?;
+    let (db, topic) = fresh(4).await?;
+    publish_steps(&topic, KEYS, PER_KEY).await?;
     let group_one = group("once");
 
     // A consumer applies part of the stream; its task is aborted: whatever it had not committed
@@ -90,11 +87,8 @@ async fn ten_thousand_messages_through_an_aborted_consumer_a_restart_and_a_full_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_consumer_killed_mid_stream_and_a_member_joining_the_group_still_apply_each_message_once()
 -> anyhow::Result<()> {
-    init_logs();
     let started = Instant::now();
-    let db = TestDb::create().await?;
-    create_effects_table(&db.pool).await?;
-    let topic = create_topic(4).await?;
+    let (db, topic) = fresh(4).await?;
     let messages = steps(&topic, KEYS, PER_KEY)?;
     let (early, late) = messages.split_at(6_000);
     publish(early).await?;

@@ -12,16 +12,17 @@ use outbox_kafka::dead_letter::{
     DLQ_ATTEMPTS, DLQ_CONSUMER, DLQ_ERROR, DLQ_GROUP, DLQ_ORIGINAL_OFFSET, DLQ_ORIGINAL_PARTITION,
     DLQ_ORIGINAL_TOPIC, DLQ_REASON,
 };
-use outbox_tests::consumers::{
-    STEP, Step, create_effects_table, effects_report, publish, record_step, steps, wait_for_effects,
-};
-use outbox_tests::{Record, TestDb, create_topic, init_logs, kafka_config, read_topic};
+use outbox_tests::consumers::{STEP, Step, effects_report, publish, record_step, wait_for_effects};
+use outbox_tests::{Record, create_topic, kafka_config, read_topic};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{INBOX_NAME, Running, builder, group, quick_retry, wait_for_stats};
+use super::{
+    INBOX_NAME, Running, builder, fresh, group, publish_steps, quick_retry, step_consumer,
+    wait_for_stats,
+};
 
 fn header<'r>(record: &'r Record, name: &str) -> &'r str {
     record.headers.get(name).map_or("<missing>", String::as_str)
@@ -30,16 +31,12 @@ fn header<'r>(record: &'r Record, name: &str) -> &'r str {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_handler_failing_three_times_applies_once_and_a_poison_record_is_dead_lettered_while_its_partition_continues()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    create_effects_table(&db.pool).await?;
-    let topic = create_topic(2).await?;
+    let (db, topic) = fresh(2).await?;
     let dead_letters = create_topic(1).await?;
     // One key, so one partition: 20 steps in order.
-    let messages = steps(&topic, 1, 20)?;
+    let messages = publish_steps(&topic, 1, 20).await?;
     let flaky = messages[4].clone();
     let poison = messages[9].clone();
-    publish(&messages).await?;
 
     let calls: Arc<Mutex<HashMap<Uuid, u32>>> = Arc::default();
     let counted = calls.clone();
@@ -202,9 +199,7 @@ async fn undecodable_records_are_dead_lettered_with_a_log_line_unknown_types_are
         .finish();
     let _logging = tracing::subscriber::set_default(subscriber);
 
-    let db = TestDb::create().await?;
-    create_effects_table(&db.pool).await?;
-    let topic = create_topic(1).await?;
+    let (db, topic) = fresh(1).await?;
     let dead_letters = create_topic(1).await?;
     let step = |seq| Step {
         key: "k".into(),
@@ -242,13 +237,7 @@ async fn undecodable_records_are_dead_lettered_with_a_log_line_unknown_types_are
     publish(&[last]).await?;
 
     let consumer = Running::start(
-        builder(&db, &topic, &group("undecodable"))?
-            .on(
-                STEP,
-                |tx: &mut Transaction<'static, Postgres>, step: Step, received: &Received| {
-                    record_step(tx, step, received, "consumer")
-                },
-            )
+        step_consumer(&db, &topic, &group("undecodable"), "consumer")?
             .dead_letter_topic(&dead_letters),
     )?;
     wait_for_effects(&db.pool, 2, Duration::from_secs(60)).await?;
@@ -310,5 +299,73 @@ async fn undecodable_records_are_dead_lettered_with_a_log_line_unknown_types_are
             && l.contains("OrderCancelled")),
         "the skipped record is logged at debug: {lines:#?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn while_the_dead_letter_topic_cannot_be_written_the_partition_waits_and_nothing_is_skipped()
+-> anyhow::Result<()> {
+    let (db, topic) = fresh(1).await?;
+    let dead_letters = create_topic(1).await?;
+    let poison = publish_steps(&topic, 1, 3).await?[1].clone();
+    let poison_id = poison.id;
+    let group = group("dlq-outage");
+    let consumer = |dead_letter_producer: outbox_kafka::ClientConfig| {
+        builder(&db, &topic, &group).map(|builder| {
+            builder
+                .on(
+                    STEP,
+                    move |tx: &mut Transaction<'static, Postgres>,
+                          step: Step,
+                          received: &Received| {
+                        if received.id == poison_id {
+                            return Box::pin(async { Err("poison".into()) });
+                        }
+                        record_step(tx, step, received, "consumer")
+                    },
+                )
+                .retry(quick_retry(2))
+                .dead_letter_topic(&dead_letters)
+                .dead_letter_producer(dead_letter_producer)
+        })
+    };
+
+    // No broker behind the dead-letter producer: every send fails.
+    let mut unreachable = outbox_kafka::ClientConfig::new();
+    unreachable
+        .set("bootstrap.servers", "127.0.0.1:9")
+        .set("message.timeout.ms", "500");
+    let blocked = Running::start(consumer(unreachable)?)?;
+    wait_for_effects(&db.pool, 1, Duration::from_secs(60)).await?;
+    let stats = wait_for_stats(
+        &blocked.stats,
+        Duration::from_secs(30),
+        "failed sends",
+        |s| s.dead_letter_errors >= 2,
+    )
+    .await?;
+    assert_eq!(stats.dead_lettered, 0);
+    let stats = blocked.stop().await?;
+    let report = effects_report(&db.pool).await?;
+    assert_eq!(
+        report.rows, 1,
+        "the partition did not move past the poison record: {stats:?}"
+    );
+
+    // With the dead-letter topic reachable again the record goes there, and the partition
+    // continues from it: nothing was skipped.
+    let mut reachable = kafka_config()?;
+    reachable.set("message.timeout.ms", "10000");
+    let healed = Running::start(consumer(reachable)?)?;
+    wait_for_effects(&db.pool, 2, Duration::from_secs(60)).await?;
+    let stats = healed.stop().await?;
+    assert_eq!(stats.dead_lettered, 1);
+    let records = read_topic(&dead_letters, 1, Duration::from_secs(15)).await?;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].id(), Some(poison.id));
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT seq FROM effects ORDER BY n")
+        .fetch_all(&db.pool)
+        .await?;
+    assert_eq!(applied, [1, 3]);
     Ok(())
 }

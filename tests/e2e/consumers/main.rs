@@ -11,11 +11,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use outbox_core::Message;
 use outbox_core::{CancellationToken, RetryPolicy};
 use outbox_kafka::{ConsumerStats, InboxConsumer, InboxConsumerBuilder, Received, StatsHandle};
 use outbox_postgres::PgInbox;
-use outbox_tests::TestDb;
-use outbox_tests::consumers::{STEP, Step, consumer_config, record_step};
+use outbox_tests::consumers::{
+    STEP, Step, consumer_config, create_effects_table, publish, record_step, steps,
+};
+use outbox_tests::{TestDb, create_topic, init_logs};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
@@ -25,6 +28,22 @@ const INBOX_NAME: &str = "effects";
 /// The consumer program, built by this package.
 fn consumer_program() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_consumer-under-test"))
+}
+
+/// A fresh database with the `effects` table, and a fresh topic with `partitions` partitions.
+async fn fresh(partitions: i32) -> anyhow::Result<(TestDb, String)> {
+    init_logs();
+    let db = TestDb::create().await?;
+    create_effects_table(&db.pool).await?;
+    let topic = create_topic(partitions).await?;
+    Ok((db, topic))
+}
+
+/// Publishes `keys` x `per_key` steps to `topic` (see [`steps`]) and returns them.
+async fn publish_steps(topic: &str, keys: usize, per_key: usize) -> anyhow::Result<Vec<Message>> {
+    let messages = steps(topic, keys, per_key)?;
+    publish(&messages).await?;
+    Ok(messages)
 }
 
 /// A fresh consumer group name.

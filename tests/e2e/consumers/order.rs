@@ -5,13 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use outbox_kafka::Received;
-use outbox_tests::consumers::{
-    STEP, Step, create_effects_table, effects_report, publish, record_step, steps, wait_for_effects,
-};
-use outbox_tests::{TestDb, create_topic, init_logs};
+use outbox_tests::consumers::{STEP, Step, effects_report, record_step, wait_for_effects};
 use sqlx::{Postgres, Transaction};
 
-use super::{Running, builder, group};
+use super::{Running, builder, fresh, group, publish_steps};
 
 /// Counts handlers running at once, and the most seen.
 #[derive(Default)]
@@ -23,12 +20,9 @@ struct Concurrency {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_key_is_applied_in_order_while_partitions_run_in_parallel_across_a_restart()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    create_effects_table(&db.pool).await?;
-    let topic = create_topic(4).await?;
+    let (db, topic) = fresh(4).await?;
     // 40 keys x 50 steps, interleaved.
-    publish(&steps(&topic, 40, 50)?).await?;
+    publish_steps(&topic, 40, 50).await?;
     let group = group("order");
     let concurrency = Arc::new(Concurrency::default());
     let start = |concurrency: Arc<Concurrency>| {

@@ -2,22 +2,16 @@
 
 use std::time::Duration;
 
-use outbox_kafka::{InboxRetention, Received};
-use outbox_tests::consumers::{
-    STEP, Step, create_effects_table, publish, record_step, steps, wait_for_effects,
-};
-use outbox_tests::{TestDb, create_topic, init_logs};
-use sqlx::{Postgres, Transaction};
+use outbox_kafka::InboxRetention;
+use outbox_tests::consumers::wait_for_effects;
 use uuid::Uuid;
 
-use super::{INBOX_NAME, Running, builder, group, wait_for_stats};
+use super::{INBOX_NAME, Running, fresh, group, publish_steps, step_consumer, wait_for_stats};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn inbox_rows_past_the_horizon_are_purged_in_batches_and_recent_ones_kept()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    create_effects_table(&db.pool).await?;
+    let (db, topic) = fresh(1).await?;
     let old: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
     let recent: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
     sqlx::query(
@@ -31,27 +25,19 @@ async fn inbox_rows_past_the_horizon_are_purged_in_batches_and_recent_ones_kept(
     .bind(&recent)
     .execute(&db.pool)
     .await?;
-    let topic = create_topic(1).await?;
-    publish(&steps(&topic, 1, 1)?).await?;
+    publish_steps(&topic, 1, 1).await?;
 
     let inbox = outbox_postgres::PgInbox::new(db.pool.clone());
     let consumer = Running::start(
-        builder(&db, &topic, &group("retention"))?
-            .on(
-                STEP,
-                |tx: &mut Transaction<'static, Postgres>, step: Step, received: &Received| {
-                    record_step(tx, step, received, "consumer")
-                },
-            )
-            .inbox_retention(
-                InboxRetention::keep(Duration::from_secs(86_400))
-                    .every(Duration::from_millis(200))
-                    .batch(2),
-                move |before, batch| {
-                    let inbox = inbox.clone();
-                    async move { inbox.purge_older_than(before, batch).await }
-                },
-            ),
+        step_consumer(&db, &topic, &group("retention"), "consumer")?.inbox_retention(
+            InboxRetention::keep(Duration::from_secs(86_400))
+                .every(Duration::from_millis(200))
+                .batch(2),
+            move |before, batch| {
+                let inbox = inbox.clone();
+                async move { inbox.purge_older_than(before, batch).await }
+            },
+        ),
     )?;
     wait_for_effects(&db.pool, 1, Duration::from_secs(60)).await?;
     wait_for_stats(&consumer.stats, Duration::from_secs(10), "the purge", |s| {
