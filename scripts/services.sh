@@ -71,10 +71,18 @@ log "PostgreSQL answers on 127.0.0.1:5432"
 
 # --- Kafka-protocol broker (tansu) ----------------------------------------------------------------
 export PATH="$HOME/.cargo/bin:$PATH"
-if ! command -v tansu >/dev/null 2>&1; then
+install_tansu() {
+  command -v tansu >/dev/null 2>&1 && return 0 # another caller may have built it while we waited
   log "building the tansu broker $tansu_version from crates.io (about 20 minutes on 2 cores, once)"
   cargo install --locked tansu --version "$tansu_version" --features libsql,dynostore >&2 ||
     fail "cargo install tansu failed"
+}
+if ! command -v tansu >/dev/null 2>&1; then
+  # One build at a time: concurrent callers wait for the first one instead of building it again.
+  exec 9>"$state/install.lock"
+  flock 9
+  install_tansu
+  exec 9>&-
 fi
 if ! port_open "$kafka_port"; then
   log "starting tansu on 127.0.0.1:$kafka_port (data in $state/tansu.db)"

@@ -26,6 +26,7 @@
 //! | feature | what it adds |
 //! | --- | --- |
 //! | `test-utils` | [`testing`]: an in-memory store and a scriptable publisher |
+//! | `opentelemetry` | [`trace`]: W3C trace context from the writer's span, through the relay, to the consumer's handler |
 
 pub mod error;
 pub mod fence;
@@ -33,12 +34,14 @@ pub mod headers;
 pub mod inbox;
 pub mod lane;
 pub mod message;
+pub mod metrics;
 pub mod publisher;
 pub mod relay;
 pub mod retry;
 pub mod store;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+pub mod trace;
 
 pub use error::{BoxError, Error};
 pub use fence::Fence;

@@ -10,11 +10,14 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::error::Error;
+use crate::metrics;
 use crate::publisher::Publisher;
 use crate::retry::{Decision, RetryPolicy};
 use crate::store::{DeadLetter, RelayStore, Retry, Settlement, StoredMessage};
+use crate::trace;
 
 /// Settings of the relay engine. Every setter documents its default.
 #[derive(Debug, Clone)]
@@ -151,6 +154,7 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
             let batch = match claimed {
                 Ok(batch) => batch,
                 Err(error) => {
+                    metrics::database_error("claim");
                     tracing::warn!(error = %error_chain(&error), "claiming from the outbox failed; retrying");
                     sleep_unless_cancelled(self.config.store_backoff, &shutdown).await;
                     continue;
@@ -186,7 +190,10 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
             last_seq = in_flight.last().copied().unwrap_or_default(),
             "publishing a batch"
         );
-        let publishing = self.publisher.publish(&batch, &fence);
+        metrics::batch(batch.len());
+        let span = tracing::info_span!("outbox.publish", messages = batch.len());
+        trace::link_to_messages(&span, &batch);
+        let publishing = self.publisher.publish(&batch, &fence).instrument(span);
         let prefetch = async {
             if !self.config.pipeline {
                 return Vec::new();
@@ -206,6 +213,7 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
             () = grace_after(shutdown, self.config.shutdown_grace) => {
                 tracing::warn!(messages = batch.len(), "shutdown grace elapsed; abandoning the in-flight batch (it will be published again)");
                 stats.abandoned_batches += 1;
+                metrics::abandoned();
                 return Vec::new();
             }
         };
@@ -218,6 +226,7 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
                 "lease expired while publishing; leaving the batch to the lanes' next owner"
             );
             stats.abandoned_batches += 1;
+            metrics::abandoned();
             sleep_unless_cancelled(self.config.store_backoff, shutdown).await;
             return Vec::new();
         }
@@ -250,6 +259,7 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
                     return if clean { next } else { Vec::new() };
                 }
                 Err(error) => {
+                    metrics::database_error("settle");
                     tracing::warn!(attempt, error = %error_chain(&error), "writing back a published batch failed");
                     sleep_unless_cancelled(self.config.store_backoff * attempt, shutdown).await;
                 }
@@ -260,6 +270,7 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
             "could not write back a published batch; its messages will be published again"
         );
         stats.abandoned_batches += 1;
+        metrics::abandoned();
         Vec::new()
     }
 
@@ -272,6 +283,10 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
         for (stored, outcome) in batch.iter().zip(outcomes) {
             let error = match outcome {
                 Ok(()) => {
+                    let latency = (Utc::now() - stored.message.created_at)
+                        .to_std()
+                        .unwrap_or_default();
+                    metrics::published(&stored.message.topic, latency);
                     settlement.published.push(stored.seq);
                     continue;
                 }
@@ -279,7 +294,13 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
             };
             let failed = stored.attempts.saturating_add(1);
             let text = error.describe();
-            match self.config.retry.decide(failed, &error) {
+            let decision = self.config.retry.decide(failed, &error);
+            metrics::failed(
+                &stored.message.topic,
+                error.kind(),
+                matches!(decision, Decision::DeadLetter),
+            );
+            match decision {
                 Decision::RetryAfter(delay) => {
                     tracing::warn!(id = %stored.message.id, topic = %stored.message.topic, attempts = failed, ?delay, error = %text, "publish failed; will retry");
                     let not_before = Utc::now()

@@ -21,6 +21,15 @@ pub enum Error {
         why: &'static str,
     },
 
+    /// A topic template that cannot produce valid topic names.
+    #[error("invalid topic template `{template}`: {reason}")]
+    InvalidTopicRoute {
+        /// The template as given.
+        template: String,
+        /// What is wrong, and what is allowed.
+        reason: String,
+    },
+
     /// No broker answered within the timeout.
     #[error("no Kafka broker answered at `{brokers}` within {timeout:?}")]
     Unreachable {

@@ -2,6 +2,8 @@
 //!
 //! * [`KafkaPublisher`]: the relay's publisher, an idempotent `acks=all` producer sending whole
 //!   batches and classifying failures for retry or dead letter.
+//! * [`TopicRoute`]: the Kafka topic of a message: its own topic, or a template such as
+//!   `outbox.event.{topic}`.
 //! * [`record`]: how a message becomes a Kafka record (CloudEvents Kafka binding, binary mode).
 //! * [`InboxConsumer`]: a consumer-group runner that applies each consumed message once per
 //!   consumer name through an [`outbox_core::Inbox`] (for example `outbox_postgres::PgInbox`):
@@ -17,6 +19,7 @@ mod publisher;
 mod received;
 pub mod record;
 mod span;
+mod topic_route;
 
 pub use consumer::{
     ConsumerStats, InboxConsumer, InboxConsumerBuilder, InboxRetention, StatsHandle,
@@ -27,3 +30,4 @@ pub use handler::{Handler, HandlerFuture, UnknownTypes, handler_fn};
 pub use publisher::KafkaPublisher;
 pub use rdkafka::ClientConfig;
 pub use received::Received;
+pub use topic_route::TopicRoute;

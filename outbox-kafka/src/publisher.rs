@@ -10,6 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::error::{Error, classify};
 use crate::record;
+use crate::topic_route::TopicRoute;
 
 /// Settings the publisher applies unless the user set them, and why.
 const DEFAULTS: &[(&str, &str)] = &[
@@ -33,6 +34,7 @@ pub struct KafkaPublisher {
     producer: std::sync::RwLock<FutureProducer>,
     config: ClientConfig,
     brokers: String,
+    route: TopicRoute,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -89,7 +91,15 @@ impl KafkaPublisher {
             producer: std::sync::RwLock::new(config.create()?),
             config,
             brokers,
+            route: TopicRoute::default(),
         })
+    }
+
+    /// Publishes to the topics `route` names instead of each message's own topic.
+    #[must_use]
+    pub fn with_topic_route(mut self, route: TopicRoute) -> Self {
+        self.route = route;
+        self
     }
 
     /// Waits until a broker answers a metadata request.
@@ -206,8 +216,12 @@ impl KafkaPublisher {
         stored: &StoredMessage,
     ) -> Result<rdkafka::producer::DeliveryFuture, PublishError> {
         let message = &stored.message;
+        let topic = self
+            .route
+            .route(&message.topic)
+            .map_err(|reason| PublishError::new(PublishErrorKind::UnknownTopic, reason))?;
         let headers = record::headers(message);
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&message.topic)
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic)
             .payload(message.payload.as_slice())
             .headers(headers)
             .timestamp(message.created_at.timestamp_millis());

@@ -34,6 +34,6 @@ pub use error::Error;
 pub use inbox::PgInbox;
 pub use migrations::{Migration, migrate, migrations, pending_migrations};
 pub use outbox::PgOutbox;
-pub use relay_store::{PgRelayStore, PgRelayStoreConfig};
+pub use relay_store::{LanesOwned, PgRelayStore, PgRelayStoreConfig};
 pub use status::{OutboxStatus, PgStatus, RelaySession, TopicBacklog};
 pub use tables::Tables;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use outbox_core::{Fence, RelayStore, Settlement, StoredMessage};
@@ -66,6 +67,11 @@ impl PgRelayStoreConfig {
         }
         self.lanes = lanes;
         Ok(self)
+    }
+
+    /// The configured number of lanes.
+    pub fn get_lanes(&self) -> u32 {
+        self.lanes
     }
 
     /// How often a relay recounts the relays and takes or gives back lanes. Default 1 s.
@@ -166,6 +172,7 @@ pub struct PgRelayStore {
     purge_batch: u32,
     purge_interval: Duration,
     session: Arc<Mutex<Session>>,
+    owned_count: Arc<AtomicUsize>,
     fence: std::sync::Mutex<Fence>,
     listener: Mutex<Option<PgListener>>,
 }
@@ -184,11 +191,14 @@ struct Session {
     last_rebalance: Option<Instant>,
     /// With retention: no purge before this time.
     next_purge: Option<Instant>,
+    /// `owned.len()`, readable without the session lock.
+    owned_count: Arc<AtomicUsize>,
 }
 
 impl PgRelayStore {
     /// A relay store over the outbox in `pool`'s database.
     pub fn new(pool: PgPool, config: PgRelayStoreConfig) -> Self {
+        let owned_count = Arc::new(AtomicUsize::new(0));
         Self {
             connect: (*pool.connect_options())
                 .clone()
@@ -202,7 +212,11 @@ impl PgRelayStore {
             retention: config.retention,
             purge_batch: config.purge_batch,
             purge_interval: config.purge_interval,
-            session: Arc::new(Mutex::new(Session::default())),
+            session: Arc::new(Mutex::new(Session {
+                owned_count: owned_count.clone(),
+                ..Session::default()
+            })),
+            owned_count,
             fence: std::sync::Mutex::new(Fence::expired()),
             listener: Mutex::new(None),
         }
@@ -211,6 +225,12 @@ impl PgRelayStore {
     /// The lanes this relay owns right now.
     pub async fn owned_lanes(&self) -> Vec<i32> {
         self.session.lock().await.owned.iter().copied().collect()
+    }
+
+    /// A handle that reads how many lanes this relay owns, without waiting for the store (for
+    /// readiness checks).
+    pub fn lanes_owned(&self) -> LanesOwned {
+        LanesOwned(self.owned_count.clone())
     }
 
     async fn connect(&self, session: &mut Session) -> Result<(), Error> {
@@ -250,6 +270,7 @@ impl PgRelayStore {
             session.epoch,
             self.lease,
         ));
+        session.lanes_changed("lost", session.owned.len());
         session.owned.clear();
         session.horizon = Horizon::default();
         session.last_rebalance = None;
@@ -284,6 +305,7 @@ impl PgRelayStore {
             for lane in &extra {
                 session.owned.remove(lane);
             }
+            session.lanes_changed("released", extra.len());
             tracing::info!(
                 released = extra.len(),
                 owned = session.owned.len(),
@@ -300,6 +322,7 @@ impl PgRelayStore {
                 .await?;
             if !taken.is_empty() {
                 session.owned.extend(&taken);
+                session.lanes_changed("acquired", taken.len());
                 tracing::info!(
                     taken = taken.len(),
                     owned = session.owned.len(),
@@ -522,6 +545,17 @@ impl PgRelayStore {
     }
 }
 
+/// How many lanes a relay owns right now; see [`PgRelayStore::lanes_owned`].
+#[derive(Debug, Clone, Default)]
+pub struct LanesOwned(Arc<AtomicUsize>);
+
+impl LanesOwned {
+    /// The number of lanes owned.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 impl Session {
     /// Records a successful round trip that started at `started`: the lanes are ours until the
     /// server could end the idle session, less a safety margin.
@@ -540,7 +574,15 @@ impl Session {
         if self.conn.take().is_some() {
             tracing::warn!(error = %outbox_core::relay::error_chain(error), released = self.owned.len(), "relay session lost; its lanes are released");
         }
+        let lost = self.owned.len();
         self.owned.clear();
+        self.lanes_changed("lost", lost);
+    }
+
+    /// Publishes the number of owned lanes after `lanes` of them changed hands.
+    fn lanes_changed(&self, change: &'static str, lanes: usize) {
+        self.owned_count.store(self.owned.len(), Ordering::Relaxed);
+        outbox_core::metrics::lanes_changed(self.owned.len(), change, lanes);
     }
 }
 
@@ -616,7 +658,9 @@ impl RelayStore for PgRelayStore {
         // The wake-up connection goes back to the pool, so that the pool can close.
         self.listener.lock().await.take();
         let mut session = self.session.lock().await;
+        let released = session.owned.len();
         session.owned.clear();
+        session.lanes_changed("released", released);
         if let Some(fence) = session.fence.take() {
             fence.expire();
         }

@@ -78,9 +78,16 @@ pub(crate) struct Columns {
 }
 
 impl Columns {
+    /// The columns of `messages`; each one without a `traceparent` gets the trace context of the
+    /// current span, if it has one (see [`outbox_core::trace`]).
     pub(crate) fn of(messages: &[Message]) -> Self {
         let mut columns = Columns::default();
+        let trace = outbox_core::trace::current_context_headers();
         for message in messages {
+            let traced = !message
+                .headers
+                .contains_key(outbox_core::trace::TRACEPARENT);
+            let trace_headers = trace.iter().filter(|_| traced);
             let slot = outbox_core::lane::slot_for(message.key.as_deref(), &message.id);
             columns.ids.push(message.id);
             columns.slots.push(slot as i32);
@@ -91,9 +98,8 @@ impl Columns {
             columns.content_types.push(message.content_type.clone());
             columns.payloads.push(message.payload.clone());
             columns.headers.push(serde_json::Value::Object(
-                message
-                    .headers
-                    .iter()
+                trace_headers
+                    .chain(&message.headers)
                     .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                     .collect(),
             ));

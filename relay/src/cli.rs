@@ -1,5 +1,6 @@
 //! Command-line flags and environment variables.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -27,6 +28,9 @@ pub enum Command {
     /// List, show, replay or purge dead letters.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Check a configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
 /// Flags of `status`.
@@ -183,60 +187,94 @@ pub struct MigrateArgs {
     pub database: DatabaseArgs,
 }
 
-/// Flags of `run`.
-#[derive(Debug, Args)]
+/// Flags of `run` and `config check`.
+///
+/// Each setting comes from its flag, else its environment variable, else the config file, else its
+/// default (see [`crate::settings`], which parses and validates them all the same way).
+#[derive(Debug, Args, Default)]
 pub struct RunArgs {
-    /// Database settings.
-    #[command(flatten)]
-    pub database: DatabaseArgs,
+    /// TOML config file [env: OUTBOX_CONFIG]. Flags override environment variables, which override the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
-    /// Kafka bootstrap servers, comma-separated host:port.
-    #[arg(long, env = "KAFKA_BROKERS")]
-    pub brokers: String,
+    /// PostgreSQL URL, e.g. postgres://user@host:5432/db [env: DATABASE_URL] [file: database.url]
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
 
-    /// librdkafka producer property passed through, as key=value (repeatable).
-    #[arg(short = 'X', long = "producer-property", value_name = "KEY=VALUE", value_parser = parse_property)]
-    pub producer_properties: Vec<(String, String)>,
+    /// Connections in the relay's pool, besides its own session [env: OUTBOX_POOL_SIZE] [file: database.pool_size] [default: 2]
+    #[arg(long, value_name = "N")]
+    pub pool_size: Option<String>,
 
-    /// Most messages claimed and published in one pass (1 to 100000).
-    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 500)]
-    pub batch_size: usize,
+    /// Schema of the outbox tables [env: OUTBOX_SCHEMA] [file: database.schema] [default: public]
+    #[arg(long, value_name = "NAME")]
+    pub schema: Option<String>,
 
-    /// Longest sleep when idle without a wake-up (1ms to 1h).
-    #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
-    pub poll_interval: Duration,
+    /// Name of the outbox table [env: OUTBOX_TABLE] [file: database.table] [default: outbox]
+    #[arg(long, value_name = "NAME")]
+    pub outbox_table: Option<String>,
 
-    /// Number of lanes, the unit of ordering and ownership (a power of two up to 1024; the same for every relay).
-    #[arg(long, env = "OUTBOX_LANES", default_value_t = 64)]
-    pub lanes: u32,
+    /// How long to keep trying to reach the database and the brokers at start-up [env: OUTBOX_CONNECT_TIMEOUT] [file: database.connect_timeout] [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
 
-    /// How long a relay that stopped answering keeps its lanes before another relay takes them over (at least 1s).
-    #[arg(long, env = "OUTBOX_LEASE", default_value = "10s", value_parser = parse_duration)]
-    pub lease: Duration,
+    /// Kafka bootstrap servers, comma-separated host:port [env: KAFKA_BROKERS] [file: kafka.brokers]
+    #[arg(long, value_name = "LIST")]
+    pub brokers: Option<String>,
 
-    /// Keep published messages this long (for audit and replay) instead of deleting them once acknowledged; the relay purges older ones. Off by default.
-    #[arg(long, env = "OUTBOX_RETENTION", value_parser = parse_retention)]
-    pub retention: Option<Duration>,
+    /// librdkafka producer property passed through, as key=value (repeatable) [file: [kafka.properties]]
+    #[arg(short = 'X', long = "producer-property", value_name = "KEY=VALUE")]
+    pub producer_properties: Vec<String>,
 
-    /// Publish attempts before a retriable failure becomes a dead letter (broker outages do not count).
-    #[arg(long, env = "OUTBOX_MAX_ATTEMPTS", default_value_t = 10)]
-    pub max_attempts: u32,
+    /// Kafka topic of each message: `{topic}` is the message's topic, e.g. outbox.event.{topic} [env: OUTBOX_TOPIC_TEMPLATE] [file: kafka.topic_template] [default: {topic}]
+    #[arg(long, value_name = "TEMPLATE")]
+    pub topic_template: Option<String>,
 
-    /// Backoff after the first failed attempt; it doubles up to --max-backoff.
-    #[arg(long, env = "OUTBOX_INITIAL_BACKOFF", default_value = "200ms", value_parser = parse_duration)]
-    pub initial_backoff: Duration,
+    /// Most messages claimed and published in one pass, 1 to 100000 [env: OUTBOX_BATCH_SIZE] [file: relay.batch_size] [default: 500]
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<String>,
 
-    /// Longest backoff between attempts.
-    #[arg(long, env = "OUTBOX_MAX_BACKOFF", default_value = "60s", value_parser = parse_duration)]
-    pub max_backoff: Duration,
+    /// Longest sleep when idle without a wake-up, 1ms to 1h [env: OUTBOX_POLL_INTERVAL] [file: relay.poll_interval] [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    pub poll_interval: Option<String>,
 
-    /// On shutdown, how long the in-flight batch may take before it is abandoned (and published again later).
-    #[arg(long, env = "OUTBOX_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
+    /// Number of lanes, the unit of ordering and ownership: a power of two up to 1024, the same for every relay [env: OUTBOX_LANES] [file: relay.lanes] [default: 64]
+    #[arg(long, value_name = "N")]
+    pub lanes: Option<String>,
 
-    /// Connections in the relay's pool (the relay's own session comes on top).
-    #[arg(long, env = "OUTBOX_POOL_SIZE", default_value_t = 2)]
-    pub pool_size: u32,
+    /// How long a relay that stopped answering keeps its lanes before another takes them over, at least 1s [env: OUTBOX_LEASE] [file: relay.lease] [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub lease: Option<String>,
+
+    /// Keep published messages this long (for audit and replay) instead of deleting them once acknowledged, or `off` [env: OUTBOX_RETENTION] [file: relay.retention] [default: off]
+    #[arg(long, value_name = "DURATION")]
+    pub retention: Option<String>,
+
+    /// On shutdown, how long the in-flight batch may take before it is abandoned (and published again later) [env: OUTBOX_SHUTDOWN_GRACE] [file: relay.shutdown_grace] [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub shutdown_grace: Option<String>,
+
+    /// Publish attempts before a failing message becomes a dead letter; broker outages do not count [env: OUTBOX_MAX_ATTEMPTS] [file: retry.max_attempts] [default: 10]
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<String>,
+
+    /// Backoff after the first failed attempt; it doubles up to the longest backoff [env: OUTBOX_INITIAL_BACKOFF] [file: retry.initial_backoff] [default: 200ms]
+    #[arg(long, value_name = "DURATION")]
+    pub initial_backoff: Option<String>,
+
+    /// Longest backoff between attempts [env: OUTBOX_MAX_BACKOFF] [file: retry.max_backoff] [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub max_backoff: Option<String>,
+
+    /// Where to serve /metrics, /healthz and /readyz, e.g. 0.0.0.0:9464, or `off` [env: OUTBOX_METRICS_ADDRESS] [file: metrics.address] [default: off]
+    #[arg(long, value_name = "ADDRESS")]
+    pub metrics_address: Option<String>,
+}
+
+/// The subcommands of `config`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the settings `run` would use and print them, secrets redacted, with where each came from.
+    Check(RunArgs),
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -250,74 +288,20 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("`{text}` is not an RFC 3339 time like 2024-05-01T12:00:00Z: {e}"))
 }
 
-fn parse_retention(text: &str) -> Result<Duration, String> {
-    let retention = parse_duration(text)?;
-    if retention.is_zero() {
-        return Err(
-            "a retention of 0 keeps nothing; leave --retention / OUTBOX_RETENTION unset to delete published messages".into(),
-        );
-    }
-    Ok(retention)
-}
-
-fn parse_property(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_owned(), value.to_owned()))
-        }
-        _ => Err(format!("`{text}` is not KEY=VALUE")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations_and_properties_parse_or_explain() {
+    fn durations_and_times_parse_or_explain() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").expect_err("bad").contains("500ms"));
-        assert_eq!(
-            parse_property("linger.ms=0"),
-            Ok(("linger.ms".into(), "0".into()))
+        assert!(parse_time("2024-05-01T12:00:00Z").is_ok());
+        assert!(
+            parse_time("yesterday")
+                .expect_err("bad")
+                .contains("RFC 3339")
         );
-        assert!(parse_property("=x").is_err());
-        assert!(parse_property("novalue").is_err());
-    }
-
-    #[test]
-    fn a_retention_of_zero_is_refused_naming_the_setting() {
-        assert_eq!(
-            parse_retention("7days"),
-            Ok(Duration::from_secs(7 * 24 * 3600))
-        );
-        for zero in ["0s", "0ms"] {
-            let error = parse_retention(zero).expect_err("zero");
-            assert!(error.contains("--retention / OUTBOX_RETENTION"), "{error}");
-        }
-        assert!(parse_retention("soon").expect_err("bad").contains("500ms"));
-
-        let run = |extra: &[&str]| {
-            let base = [
-                "outbox-relay",
-                "run",
-                "--database-url",
-                "postgres://db",
-                "--brokers",
-                "k:9092",
-            ];
-            Cli::try_parse_from(base.iter().chain(extra))
-        };
-        let Command::Run(args) = run(&[]).expect("valid").command else {
-            panic!("not run");
-        };
-        assert_eq!(args.retention, None, "off by default");
-        let Command::Run(args) = run(&["--retention", "36h"]).expect("valid").command else {
-            panic!("not run");
-        };
-        assert_eq!(args.retention, Some(Duration::from_secs(36 * 3600)));
-        let error = run(&["--retention", "0s"]).expect_err("zero").to_string();
-        assert!(error.contains("--retention"), "{error}");
     }
 
     #[test]

@@ -7,7 +7,10 @@ use clap::Parser;
 mod admin;
 pub mod cli;
 mod commands;
+mod config_file;
 mod connect;
+mod observe;
+pub mod settings;
 
 /// Runs the relay with the process's arguments and environment; returns the exit code.
 pub fn main() -> ExitCode {
@@ -37,6 +40,7 @@ pub fn main() -> ExitCode {
                 cli::DeadLettersCommand::Replay(args) => admin::dead_letters_replay(args).await,
                 cli::DeadLettersCommand::Purge(args) => admin::dead_letters_purge(args).await,
             },
+            cli::Command::Config(cli::ConfigCommand::Check(args)) => commands::config_check(args),
         }
     });
     match result {

@@ -109,7 +109,7 @@ async fn invalid_settings_get_a_clear_error() -> anyhow::Result<()> {
                 "--poll-interval",
                 "soon",
             ],
-            "is not a duration",
+            "invalid --poll-interval `soon`",
         ),
         (
             &[

@@ -9,6 +9,7 @@ mod dead_letters;
 mod fencing;
 mod flow;
 mod inbox;
+mod operations;
 mod outage;
 mod rebalance;
 

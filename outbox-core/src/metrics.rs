@@ -1,0 +1,120 @@
+//! The relay's metrics, recorded through the [`metrics`] facade.
+//!
+//! Without an installed recorder every call here is a no-op; the `outbox-relay` program installs a
+//! Prometheus recorder when `--metrics-address` is set. The names are the contract with dashboards
+//! and alerts, so they live here, one constant each, with their help text in [`describe`].
+
+use std::time::Duration;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+
+use crate::publisher::PublishErrorKind;
+
+/// Counter, label `topic`: messages acknowledged by the broker and settled.
+pub const PUBLISHED: &str = "outbox_messages_published_total";
+/// Counter, labels `topic` and `kind`: failed publish attempts (each one retried or dead-lettered).
+pub const FAILED: &str = "outbox_messages_failed_total";
+/// Counter, label `topic`: messages moved to the dead-letter table.
+pub const DEAD_LETTERED: &str = "outbox_messages_dead_lettered_total";
+/// Histogram, seconds: from a message's creation (in the writer's transaction) to its acknowledgement.
+pub const PUBLISH_LATENCY: &str = "outbox_publish_latency_seconds";
+/// Histogram: messages per published batch.
+pub const BATCH_SIZE: &str = "outbox_batch_size";
+/// Counter: batches given up (shutdown grace elapsed, lease lost, settlement not written).
+pub const ABANDONED_BATCHES: &str = "outbox_batches_abandoned_total";
+/// Counter, label `operation`: failed database operations of the relay (`claim`, `settle`, ...).
+pub const DATABASE_ERRORS: &str = "outbox_database_errors_total";
+/// Gauge: lanes this relay owns.
+pub const LANES_OWNED: &str = "outbox_lanes_owned";
+/// Counter, label `change` (`acquired`, `released`, `lost`): lanes changing hands.
+pub const LANE_CHANGES: &str = "outbox_lane_changes_total";
+/// Gauge, label `topic`: messages waiting to be published.
+pub const BACKLOG: &str = "outbox_backlog_messages";
+/// Gauge, label `topic`: age of the oldest message waiting to be published (0 when none waits).
+pub const OLDEST_AGE: &str = "outbox_oldest_message_age_seconds";
+/// Gauge: rows in the dead-letter table.
+pub const DEAD_LETTERS: &str = "outbox_dead_letters";
+/// Gauge, label `check` (`database`, `broker`, `lanes`): 1 when the last readiness check passed.
+pub const READY: &str = "outbox_ready";
+
+/// Registers the help text and unit of every metric with the installed recorder.
+pub fn describe() {
+    describe_counter!(
+        PUBLISHED,
+        "Messages acknowledged by the broker and settled."
+    );
+    describe_counter!(FAILED, "Failed publish attempts, by topic and error kind.");
+    describe_counter!(DEAD_LETTERED, "Messages moved to the dead-letter table.");
+    describe_histogram!(
+        PUBLISH_LATENCY,
+        Unit::Seconds,
+        "From a message's creation in the writer's transaction to the broker's acknowledgement."
+    );
+    describe_histogram!(BATCH_SIZE, Unit::Count, "Messages per published batch.");
+    describe_counter!(
+        ABANDONED_BATCHES,
+        "Batches given up (shutdown grace elapsed, lease lost, settlement not written); their messages are published again."
+    );
+    describe_counter!(DATABASE_ERRORS, "Failed database operations of the relay.");
+    describe_gauge!(LANES_OWNED, Unit::Count, "Lanes this relay owns.");
+    describe_counter!(
+        LANE_CHANGES,
+        "Lanes acquired, released or lost by this relay."
+    );
+    describe_gauge!(BACKLOG, Unit::Count, "Messages waiting to be published.");
+    describe_gauge!(
+        OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest message waiting to be published; 0 when none waits."
+    );
+    describe_gauge!(DEAD_LETTERS, Unit::Count, "Rows in the dead-letter table.");
+    describe_gauge!(READY, "1 when the last readiness check passed, by check.");
+}
+
+/// The label value of an error kind.
+pub fn kind_label(kind: PublishErrorKind) -> &'static str {
+    match kind {
+        PublishErrorKind::Unavailable => "unavailable",
+        PublishErrorKind::Transient => "transient",
+        PublishErrorKind::MessageTooLarge => "message_too_large",
+        PublishErrorKind::UnknownTopic => "unknown_topic",
+        PublishErrorKind::Unauthorized => "unauthorized",
+        PublishErrorKind::Rejected => "rejected",
+        PublishErrorKind::Fenced => "fenced",
+    }
+}
+
+pub(crate) fn published(topic: &str, latency: Duration) {
+    counter!(PUBLISHED, "topic" => topic.to_owned()).increment(1);
+    histogram!(PUBLISH_LATENCY).record(latency.as_secs_f64());
+}
+
+pub(crate) fn failed(topic: &str, kind: PublishErrorKind, dead_lettered: bool) {
+    counter!(FAILED, "topic" => topic.to_owned(), "kind" => kind_label(kind)).increment(1);
+    if dead_lettered {
+        counter!(DEAD_LETTERED, "topic" => topic.to_owned()).increment(1);
+    }
+}
+
+pub(crate) fn batch(messages: usize) {
+    histogram!(BATCH_SIZE).record(messages as f64);
+}
+
+pub(crate) fn abandoned() {
+    counter!(ABANDONED_BATCHES).increment(1);
+}
+
+/// Counts a failed database operation.
+pub fn database_error(operation: &'static str) {
+    counter!(DATABASE_ERRORS, "operation" => operation).increment(1);
+}
+
+/// Sets the number of lanes owned and counts the change.
+pub fn lanes_changed(owned: usize, change: &'static str, lanes: usize) {
+    gauge!(LANES_OWNED).set(owned as f64);
+    if lanes > 0 {
+        counter!(LANE_CHANGES, "change" => change).increment(lanes as u64);
+    }
+}

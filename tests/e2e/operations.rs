@@ -1,0 +1,285 @@
+//! Operating the relay: `config check`, the Prometheus metrics scraped from a running relay, and the
+//! health and readiness probes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use outbox_core::Message;
+use outbox_tests::private::{PrivateBroker, free_port, log_tail};
+use outbox_tests::{RelayProcess, TestDb, create_topic, http_get, init_logs};
+use prometheus_parse::{Sample, Scrape, Value};
+use tokio::process::Command;
+use uuid::Uuid;
+
+use crate::relay_program;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_check_shows_each_value_and_where_it_came_from() -> anyhow::Result<()> {
+    let file = std::env::temp_dir().join(format!("relay-{}.toml", Uuid::now_v7().simple()));
+    std::fs::write(
+        &file,
+        "[relay]\nlanes = 16\nbatch_size = 100\npoll_interval = \"3s\"\n\
+         [kafka.properties]\n\"compression.type\" = \"zstd\"\n\"sasl.password\" = \"hunter2\"\n",
+    )?;
+    let path = file.to_str().expect("utf-8 temp path");
+    let output = Command::new(relay_program())
+        .args([
+            "config",
+            "check",
+            "--config",
+            path,
+            "--lanes",
+            "8",
+            "--brokers",
+            "k:9092",
+        ])
+        .env("OUTBOX_BATCH_SIZE", "200")
+        .env("DATABASE_URL", "postgres://app:s3cret@db:5432/app")
+        .env_remove("KAFKA_BROKERS")
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let lines: BTreeMap<&str, (&str, &str)> = stdout
+        .lines()
+        .filter_map(|line| {
+            let (key, rest) = line.split_once(char::is_whitespace)?;
+            let (value, origin) = rest.trim().rsplit_once("  (")?;
+            Some((key, (value.trim(), origin.trim_end_matches(')'))))
+        })
+        .collect();
+    let origin_in_file = |key: &str| format!("{key} in {path}");
+    assert_eq!(lines["relay.lanes"], ("8", "--lanes"), "flag over file");
+    assert_eq!(
+        lines["relay.batch_size"],
+        ("200", "OUTBOX_BATCH_SIZE"),
+        "env over file"
+    );
+    assert_eq!(
+        lines["relay.poll_interval"],
+        ("3s", origin_in_file("relay.poll_interval").as_str()),
+        "file over default"
+    );
+    assert_eq!(lines["relay.lease"], ("10s", "default"));
+    assert_eq!(lines["kafka.properties.compression.type"].0, "zstd");
+    assert_eq!(lines["kafka.properties.sasl.password"].0, "***");
+    assert_eq!(lines["database.url"].1, "DATABASE_URL");
+    assert!(
+        !stdout.contains("s3cret") && !stdout.contains("hunter2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("configuration is valid"), "{stdout}");
+
+    std::fs::write(&file, "[relay]\nlanes = 12\n")?;
+    let output = Command::new(relay_program())
+        .args(["config", "check", "--config", path])
+        .args(["--database-url", "postgres://db/app", "--brokers", "k:9092"])
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("invalid relay.lanes `12` in the config file"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("power of two"), "{stderr}");
+    std::fs::remove_file(&file)?;
+    Ok(())
+}
+
+/// One scrape of `/metrics`, parsed.
+struct Metrics(Vec<Sample>);
+
+impl Metrics {
+    async fn scrape(address: &str) -> anyhow::Result<Self> {
+        let (status, body) = http_get(address, "/metrics").await?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}: {body}");
+        let scrape = Scrape::parse(body.lines().map(|line| Ok(line.to_owned())))?;
+        Ok(Self(scrape.samples))
+    }
+
+    /// The value of the sample `name` whose labels include `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.0
+            .iter()
+            .find(|sample| {
+                sample.metric == name
+                    && labels
+                        .iter()
+                        .all(|(label, value)| sample.labels.get(label) == Some(*value))
+            })
+            .and_then(|sample| match &sample.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(*v),
+                Value::Histogram(_) | Value::Summary(_) => None,
+            })
+    }
+
+    /// The observation count of histogram `name`.
+    fn histogram_count(&self, name: &str) -> Option<f64> {
+        self.0
+            .iter()
+            .find(|sample| sample.metric == name)
+            .and_then(|sample| match &sample.value {
+                Value::Histogram(buckets) => buckets.last().map(|bucket| bucket.count),
+                _ => None,
+            })
+    }
+}
+
+/// Waits until the relay's listener answers `/healthz`.
+async fn wait_for_listener(address: &str, relay: &RelayProcess) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        if let Ok((200, _)) = http_get(address, "/healthz").await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!(
+        "/healthz never answered; relay log:\n{}",
+        log_tail(&relay.log, 30)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_move_while_relaying_and_the_oldest_age_falls_to_zero() -> anyhow::Result<()> {
+    init_logs();
+    const MESSAGES: usize = 1_000;
+    let db = TestDb::create().await?;
+    let topic = create_topic(4).await?;
+    let messages: Vec<Message> = (0..MESSAGES)
+        .map(|n| {
+            Message::builder(&topic)
+                .key(format!("key-{}", n % 10))
+                .json(&n)
+        })
+        .collect::<Result<_, _>>()?;
+    db.enqueue_committed(&messages).await?;
+
+    // One message per batch keeps the backlog there for several seconds after the listener is up.
+    let address = format!("127.0.0.1:{}", free_port()?);
+    let relay = RelayProcess::spawn(
+        relay_program(),
+        &db,
+        &["--metrics-address", &address, "--batch-size", "1"],
+    )?;
+    wait_for_listener(&address, &relay).await?;
+    let during = Metrics::scrape(&address).await?;
+    let backlog = during.value("outbox_backlog_messages", &[("topic", &topic)]);
+    let oldest = during.value("outbox_oldest_message_age_seconds", &[("topic", &topic)]);
+    assert!(
+        backlog.is_some_and(|n| n > 0.0),
+        "a backlog while relaying: {backlog:?}"
+    );
+    assert!(
+        oldest.is_some_and(|age| age > 0.0),
+        "an oldest age while relaying: {oldest:?}"
+    );
+
+    db.wait_until_drained(Duration::from_secs(120)).await?;
+    let published = |metrics: &Metrics| {
+        metrics
+            .value("outbox_messages_published_total", &[("topic", &topic)])
+            .unwrap_or_default()
+    };
+    // The counters are updated right after the rows are deleted; give the last batch a moment.
+    let mut after = Metrics::scrape(&address).await?;
+    for _ in 0..50 {
+        if published(&after) >= MESSAGES as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = Metrics::scrape(&address).await?;
+    }
+    assert_eq!(
+        published(&after),
+        MESSAGES as f64,
+        "every message counted once"
+    );
+    assert!(published(&during) < published(&after), "the counter moved");
+    assert_eq!(
+        after.value("outbox_backlog_messages", &[("topic", &topic)]),
+        Some(0.0)
+    );
+    assert_eq!(
+        after.value("outbox_oldest_message_age_seconds", &[("topic", &topic)]),
+        Some(0.0),
+        "the oldest age falls to 0 once drained"
+    );
+    assert_eq!(after.value("outbox_dead_letters", &[]), Some(0.0));
+    assert_eq!(after.value("outbox_lanes_owned", &[]), Some(64.0));
+    assert_eq!(
+        after.value("outbox_lane_changes_total", &[("change", "acquired")]),
+        Some(64.0)
+    );
+    assert_eq!(
+        after.histogram_count("outbox_publish_latency_seconds"),
+        Some(MESSAGES as f64),
+        "one latency observation per message"
+    );
+    let batches = after
+        .histogram_count("outbox_batch_size")
+        .unwrap_or_default();
+    assert!(batches >= MESSAGES as f64, "batches of one: {batches}");
+
+    let (status, body) = http_get(&address, "/readyz").await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("lanes: ok (64 owned)"), "{body}");
+    relay.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_turns_unready_when_the_broker_stops_and_ready_again_when_it_is_back()
+-> anyhow::Result<()> {
+    init_logs();
+    let db = TestDb::create().await?;
+    let mut broker = PrivateBroker::start().await?;
+    let address = format!("127.0.0.1:{}", free_port()?);
+    let relay = RelayProcess::spawn_with(
+        relay_program(),
+        &db.url,
+        &broker.brokers(),
+        &["--metrics-address", &address],
+    )?;
+    wait_for_listener(&address, &relay).await?;
+    let ready = |want: u16| {
+        let address = address.clone();
+        async move {
+            let mut last = (0, String::new());
+            for _ in 0..150 {
+                last = http_get(&address, "/readyz").await?;
+                if last.0 == want {
+                    return Ok(last.1);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::bail!("/readyz never answered {want}; last: {} {}", last.0, last.1)
+        }
+    };
+    let body = ready(200).await?;
+    assert!(
+        body.contains("broker: ok") && body.contains("database: ok"),
+        "{body}"
+    );
+
+    broker.stop().await?;
+    let body = ready(503).await?;
+    assert!(body.contains("broker: unreachable"), "{body}");
+    assert!(
+        body.contains("database: ok"),
+        "only the broker is named: {body}"
+    );
+    let (status, _) = http_get(&address, "/healthz").await?;
+    assert_eq!(status, 200, "the process is alive all the same");
+    let metrics = Metrics::scrape(&address).await?;
+    assert_eq!(
+        metrics.value("outbox_ready", &[("check", "broker")]),
+        Some(0.0)
+    );
+
+    broker.start_again().await?;
+    ready(200).await?;
+    relay.terminate().await?;
+    Ok(())
+}
