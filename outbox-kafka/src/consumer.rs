@@ -178,6 +178,18 @@ struct Shared<I: Inbox> {
     counters: Arc<Counters>,
     assignments: Mutex<Assignments>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Cancelled on shutdown: workers finish the record in hand, take no new one, and cut
+    /// backoffs short.
+    draining: CancellationToken,
+}
+
+/// How the processing of a record ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Applied, absorbed as a duplicate, skipped or dead-lettered: its offset may be stored.
+    Finished,
+    /// Given up on shutdown while waiting to retry: its offset must not be stored.
+    Interrupted,
 }
 
 type KafkaConsumer<I> = StreamConsumer<RunnerContext<I>>;
@@ -295,11 +307,12 @@ impl<I: Inbox + 'static> InboxConsumer<I> {
     }
 
     /// Consumes until `shutdown` is cancelled: subscribes, processes every assigned partition on a
-    /// task of its own, purges the inbox if retention is configured. On shutdown the records in
-    /// flight are rolled back (they are redelivered), and the offsets of finished records are
-    /// committed before it returns the counters.
+    /// task of its own, purges the inbox if retention is configured. On shutdown each partition
+    /// finishes the record in hand (a record waiting to be retried is left for redelivery), takes
+    /// no new one, and the offsets of finished records are committed before the counters are
+    /// returned.
     ///
-    /// Dropping the future instead (aborting its task) stops the partition tasks as well; what
+    /// Dropping the future instead (aborting its task) stops the partition tasks at once; what
     /// they had not finished is redelivered.
     ///
     /// # Errors
@@ -531,6 +544,7 @@ impl<I: Inbox + 'static> InboxConsumerBuilder<I> {
             counters: Arc::default(),
             assignments: Mutex::default(),
             workers: Mutex::default(),
+            draining: CancellationToken::new(),
         });
         let context = RunnerContext {
             shared: shared.clone(),
@@ -569,10 +583,11 @@ impl<I: Inbox + 'static> Drop for StopOnDrop<I> {
     }
 }
 
-/// Tells every worker to stop and waits for them (aborting any still running after a while),
-/// then for the attempts in flight to end with their commit or rollback.
+/// Lets every worker finish the record in hand and waits for them (aborting any still running
+/// after a while), gives every partition up, then waits for attempts still in flight to end with
+/// their commit or rollback.
 async fn stop_workers<I: Inbox + 'static>(shared: &Shared<I>) {
-    lock(&shared.assignments).close();
+    shared.draining.cancel();
     let workers: Vec<JoinHandle<()>> = lock(&shared.workers).drain(..).collect();
     let aborts: Vec<_> = workers.iter().map(JoinHandle::abort_handle).collect();
     if tokio::time::timeout(STOP_TIMEOUT, futures::future::join_all(workers))
@@ -584,6 +599,7 @@ async fn stop_workers<I: Inbox + 'static>(shared: &Shared<I>) {
             abort.abort();
         }
     }
+    lock(&shared.assignments).close();
     let attempts = shared.in_flight.acquire_many(shared.max_in_flight);
     if tokio::time::timeout(STOP_TIMEOUT, attempts).await.is_err() {
         tracing::warn!("handlers still running after {STOP_TIMEOUT:?}; stopping without them");
@@ -685,6 +701,7 @@ async fn run_partition<I: Inbox + 'static>(
         let next = tokio::select! {
             biased;
             () = ticket.stop.cancelled() => break,
+            () = shared.draining.cancelled() => break,
             next = tokio::time::timeout(REPOLL, queue.recv()) => next,
         };
         let record = match next {
@@ -700,15 +717,15 @@ async fn run_partition<I: Inbox + 'static>(
         if !lock(&shared.assignments).start(&partition, ticket.generation, offset) {
             break;
         }
-        // A revoked partition drops the record in flight: its transaction rolls back and the
-        // partition's next owner gets the record again.
-        let finished = tokio::select! {
+        // A revoked partition stops waiting for the record in hand (an attempt already running
+        // still ends with its commit or rollback); the partition's next owner gets it again.
+        let outcome = tokio::select! {
             biased;
-            () = ticket.stop.cancelled() => false,
-            () = shared.process(&record) => true,
+            () = ticket.stop.cancelled() => Outcome::Interrupted,
+            outcome = shared.process(&record) => outcome,
         };
         let mut assignments = lock(&shared.assignments);
-        if !finished {
+        if outcome == Outcome::Interrupted {
             assignments.abandon(&partition, ticket.generation, offset);
             break;
         }
@@ -736,8 +753,9 @@ enum Attempt {
 
 impl<I: Inbox + 'static> Shared<I> {
     /// Takes a record to its end: applied, absorbed as a duplicate, skipped or dead-lettered.
-    /// Retries for as long as it takes; the caller drops the future to give up.
-    async fn process(self: &Arc<Self>, record: &RawRecord) {
+    /// Retries for as long as it takes, unless the runner shuts down meanwhile; the caller drops
+    /// the future to give up (revocation).
+    async fn process(self: &Arc<Self>, record: &RawRecord) -> Outcome {
         let received = match record.decode() {
             Ok(received) => received,
             Err(error) => {
@@ -760,6 +778,7 @@ impl<I: Inbox + 'static> Shared<I> {
                     ce_type = received.event_type.as_deref().unwrap_or(""),
                     "no handler for this event type; skipped"
                 );
+                Outcome::Finished
             }
             Route::DeadLetter => {
                 let failure = Failure {
@@ -770,30 +789,30 @@ impl<I: Inbox + 'static> Shared<I> {
                     ),
                     attempts: 0,
                 };
-                self.dead_letter(record, Some(&received), failure).await;
+                self.dead_letter(record, Some(&received), failure).await
             }
             Route::Handle => {
                 let span = handler_span(&received);
                 self.apply(record, Arc::new(received))
                     .instrument(span)
-                    .await;
+                    .await
             }
         }
     }
 
     /// Runs the handler until it succeeds, the inbox says it is a duplicate, or the attempts are
     /// spent (then the record is dead-lettered).
-    async fn apply(self: &Arc<Self>, record: &RawRecord, received: Arc<Received>) {
+    async fn apply(self: &Arc<Self>, record: &RawRecord, received: Arc<Received>) -> Outcome {
         let received = &received;
         let mut failed = 0;
         let mut outages = 0;
         loop {
             let attempt = self.attempt_to_the_end(received).await;
             let delay = match attempt {
-                Attempt::Applied => return,
+                Attempt::Applied => return Outcome::Finished,
                 Attempt::Duplicate => {
                     tracing::debug!(consumer = %self.name, "duplicate delivery absorbed by the inbox");
-                    return;
+                    return Outcome::Finished;
                 }
                 Attempt::Undecodable(reason) => {
                     let failure = Failure {
@@ -806,7 +825,7 @@ impl<I: Inbox + 'static> Shared<I> {
                         .await;
                 }
                 Attempt::HandlerFailed(error) => {
-                    failed += 1;
+                    failed = u32::saturating_add(failed, 1);
                     let error = error_chain(&*error);
                     if failed >= self.retry.attempts() {
                         let failure = Failure {
@@ -823,13 +842,24 @@ impl<I: Inbox + 'static> Shared<I> {
                     delay
                 }
                 Attempt::InboxFailed(error) => {
-                    outages += 1;
+                    outages = u32::saturating_add(outages, 1);
                     let delay = self.retry.delay_after(outages);
                     tracing::warn!(consumer = %self.name, ?delay, error = %error_chain(&*error), "the inbox failed; rolled back, will retry");
                     delay
                 }
             };
-            tokio::time::sleep(delay).await;
+            if !self.pause(delay).await {
+                return Outcome::Interrupted;
+            }
+        }
+    }
+
+    /// Waits `delay`; `false` when the runner started shutting down meanwhile.
+    async fn pause(&self, delay: Duration) -> bool {
+        tokio::select! {
+            biased;
+            () = self.draining.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
         }
     }
 
@@ -922,7 +952,12 @@ impl<I: Inbox + 'static> Shared<I> {
 
     /// Sends the record to the dead-letter topic, retrying until the broker acknowledges it: the
     /// partition does not move past a record that is neither applied nor dead-lettered.
-    async fn dead_letter(&self, record: &RawRecord, received: Option<&Received>, failure: Failure) {
+    async fn dead_letter(
+        &self,
+        record: &RawRecord,
+        received: Option<&Received>,
+        failure: Failure,
+    ) -> Outcome {
         let target = self.dead_letters.topic(&record.topic);
         let ce_id = received.map(|r| r.id.to_string()).unwrap_or_default();
         let mut failed = 0;
@@ -952,10 +987,10 @@ impl<I: Inbox + 'static> Shared<I> {
                         DeadLetterReason::UnknownType => dead_lettered!(warn),
                         _ => dead_lettered!(error),
                     }
-                    return;
+                    return Outcome::Finished;
                 }
                 Err(error) => {
-                    failed += 1;
+                    failed = u32::saturating_add(failed, 1);
                     Counters::add(&self.counters.dead_letter_errors, 1);
                     let delay = self.retry.delay_after(failed);
                     tracing::error!(
@@ -968,7 +1003,9 @@ impl<I: Inbox + 'static> Shared<I> {
                         ?delay,
                         "sending to the dead-letter topic failed; the partition waits and retries"
                     );
-                    tokio::time::sleep(delay).await;
+                    if !self.pause(delay).await {
+                        return Outcome::Interrupted;
+                    }
                 }
             }
         }

@@ -132,7 +132,7 @@ impl Assignments {
             return None;
         }
         lane.in_flight = None;
-        let next = offset + 1;
+        let next = offset.saturating_add(1);
         if lane
             .committable
             .is_some_and(|committable| committable >= next)
