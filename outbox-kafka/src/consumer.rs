@@ -296,7 +296,7 @@ impl<I: Inbox + 'static> InboxConsumer<I> {
                 .unwrap_or_default(),
             dead_letter_topic: dead_letter::DEFAULT_TOPIC.to_owned(),
             dead_letter_config: None,
-            max_in_flight: 16,
+            max_in_flight: 8,
             retention: None,
         }
     }
@@ -451,7 +451,7 @@ impl<I: Inbox + 'static> InboxConsumerBuilder<I> {
         self
     }
 
-    /// Handlers running at once, over all partitions (at least 1). Default 16. Each holds a
+    /// Handlers running at once, over all partitions (at least 1). Default 8. Each holds a
     /// database connection while it runs, so keep it at or below the pool size.
     pub fn max_in_flight(mut self, handlers: usize) -> Self {
         self.max_in_flight = handlers;
