@@ -253,6 +253,24 @@ impl ConsumerProcess {
         Ok(log)
     }
 
+    /// Waits until its log says it was assigned partitions of `topic`.
+    pub async fn wait_for_partitions(&self, topic: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let log = std::fs::read_to_string(&self.log)?;
+            if log
+                .lines()
+                .any(|line| line.contains("partitions rebalanced") && line.contains(topic))
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("no partitions of {topic} assigned within {within:?}: {log}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Whether it is still running.
     pub fn is_running(&mut self) -> anyhow::Result<bool> {
         Ok(self.child.try_wait()?.is_none())

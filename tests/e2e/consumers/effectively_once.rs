@@ -104,8 +104,9 @@ async fn a_consumer_killed_mid_stream_and_a_member_joining_the_group_still_apply
     wait_for_effects(&db.pool, 4_000, Duration::from_secs(120)).await?;
     // A member joins: the group rebalances and the joiner takes partitions over from `second`.
     let mut joiner = ConsumerProcess::spawn(consumer_program(), &db.url, &topic, &group, "joiner")?;
-    wait_for_effects(&db.pool, 6_000, Duration::from_secs(120)).await?;
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    joiner
+        .wait_for_partitions(&topic, Duration::from_secs(120))
+        .await?;
     publish(late).await?;
     wait_for_effects(&db.pool, TOTAL, Duration::from_secs(180)).await?;
     // Time for a stray duplicate effect to show, if there were one.
