@@ -354,3 +354,62 @@ async fn while_the_dead_letter_topic_cannot_be_written_the_partition_waits_and_n
     assert_eq!(applied, [1, 3]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_handler_is_a_failed_attempt_and_unknown_types_can_be_dead_lettered()
+-> anyhow::Result<()> {
+    let (db, topic) = fresh(1).await?;
+    let dead_letters = create_topic(1).await?;
+    let step = |seq| Step {
+        key: "k".into(),
+        seq,
+    };
+    let first = Message::builder(&topic)
+        .key("k")
+        .event_type(STEP)
+        .json(&step(1))?;
+    let unknown = Message::builder(&topic)
+        .key("k")
+        .event_type("OrderCancelled")
+        .json(&step(0))?;
+    let last = Message::builder(&topic)
+        .key("k")
+        .event_type(STEP)
+        .json(&step(2))?;
+    publish(&[first.clone(), unknown.clone(), last]).await?;
+
+    let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = panicked.clone();
+    let first_id = first.id;
+    let consumer = Running::start(
+        builder(&db, &topic, &group("panic"))?
+            .on(
+                STEP,
+                move |tx: &mut Transaction<'static, Postgres>, step: Step, received: &Received| {
+                    let panics = received.id == first_id
+                        && !once.swap(true, std::sync::atomic::Ordering::SeqCst);
+                    assert!(!panics, "a handler bug, on the first attempt only");
+                    record_step(tx, step, received, "consumer")
+                },
+            )
+            .unknown_types(outbox_kafka::UnknownTypes::DeadLetter)
+            .dead_letter_topic(&dead_letters),
+    )?;
+    wait_for_effects(&db.pool, 2, Duration::from_secs(60)).await?;
+    let stats = consumer.stop().await?;
+    assert!(panicked.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(stats.failures, 1, "the panic counted as one failed attempt");
+    assert_eq!(
+        stats.applied, 2,
+        "then the record was applied, and the runner went on"
+    );
+    assert_eq!(stats.ignored, 0);
+    assert_eq!(stats.dead_lettered, 1);
+
+    let records = read_topic(&dead_letters, 1, Duration::from_secs(15)).await?;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].id(), Some(unknown.id));
+    assert_eq!(header(&records[0], DLQ_REASON), "unknown-type");
+    assert!(header(&records[0], DLQ_ERROR).contains("OrderCancelled"));
+    Ok(())
+}
