@@ -24,6 +24,18 @@ use super::{
     wait_for_stats,
 };
 
+/// Step `seq` of key `k` as an event of type `event_type`.
+fn event(topic: &str, event_type: &str, seq: i64) -> anyhow::Result<Message> {
+    let step = Step {
+        key: "k".into(),
+        seq,
+    };
+    Ok(Message::builder(topic)
+        .key("k")
+        .event_type(event_type)
+        .json(&step)?)
+}
+
 fn header<'r>(record: &'r Record, name: &str) -> &'r str {
     record.headers.get(name).map_or("<missing>", String::as_str)
 }
@@ -191,14 +203,7 @@ async fn undecodable_records_are_dead_lettered_with_a_log_line_unknown_types_are
 
     let (db, topic) = fresh(1).await?;
     let dead_letters = create_topic(1).await?;
-    let step = |seq| Step {
-        key: "k".into(),
-        seq,
-    };
-    let first = Message::builder(&topic)
-        .key("k")
-        .event_type(STEP)
-        .json(&step(1))?;
+    let first = event(&topic, STEP, 1)?;
     let not_json = Message::builder(&topic)
         .key("k")
         .event_type(STEP)
@@ -207,14 +212,8 @@ async fn undecodable_records_are_dead_lettered_with_a_log_line_unknown_types_are
         .key("k")
         .event_type(STEP)
         .json(&"a string")?;
-    let unknown = Message::builder(&topic)
-        .key("k")
-        .event_type("OrderCancelled")
-        .json(&step(0))?;
-    let last = Message::builder(&topic)
-        .key("k")
-        .event_type(STEP)
-        .json(&step(2))?;
+    let unknown = event(&topic, "OrderCancelled", 0)?;
+    let last = event(&topic, STEP, 2)?;
     publish(&[first, not_json.clone(), wrong_shape.clone(), unknown]).await?;
     // Offset 4: no ce_id at all.
     produce_raw(
@@ -360,22 +359,9 @@ async fn a_panicking_handler_is_a_failed_attempt_and_unknown_types_can_be_dead_l
 -> anyhow::Result<()> {
     let (db, topic) = fresh(1).await?;
     let dead_letters = create_topic(1).await?;
-    let step = |seq| Step {
-        key: "k".into(),
-        seq,
-    };
-    let first = Message::builder(&topic)
-        .key("k")
-        .event_type(STEP)
-        .json(&step(1))?;
-    let unknown = Message::builder(&topic)
-        .key("k")
-        .event_type("OrderCancelled")
-        .json(&step(0))?;
-    let last = Message::builder(&topic)
-        .key("k")
-        .event_type(STEP)
-        .json(&step(2))?;
+    let first = event(&topic, STEP, 1)?;
+    let unknown = event(&topic, "OrderCancelled", 0)?;
+    let last = event(&topic, STEP, 2)?;
     publish(&[first.clone(), unknown.clone(), last]).await?;
 
     let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
