@@ -1,0 +1,107 @@
+//! Part 1, drain: one relay publishing a committed backlog, next to the three baselines.
+
+use std::time::Duration;
+
+use crate::Options;
+use crate::baselines::{self, Throughput};
+use crate::env::Bench;
+use crate::relays;
+
+/// Longest a drain may take before the run is given up.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// Results of the drain part.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DrainReport {
+    /// Messages in the backlog (relay and baselines a, b).
+    pub backlog: u64,
+    /// Messages per claim.
+    pub batch_size: usize,
+    /// The relay engine over `PgRelayStore` and `KafkaPublisher`.
+    pub relay: Throughput,
+    /// (a) claim+delete in batches, no publishing.
+    pub raw_claim_delete: Throughput,
+    /// (b) producing the same records, no database.
+    pub raw_produce: Throughput,
+    /// (c) one message per transaction; measured on a sample.
+    pub naive: Throughput,
+    /// How the naive relay's sample was bounded.
+    pub naive_sample: String,
+    /// relay / min(a, b).
+    pub relay_vs_baselines: f64,
+    /// relay / c.
+    pub relay_vs_naive: f64,
+}
+
+/// Drains a backlog of `count` messages with `relay_count` relays whose lanes were balanced
+/// before the backlog was committed; the clock starts when the commit returned.
+///
+/// # Errors
+/// When a service fails or the drain takes longer than 30 minutes.
+pub async fn relay_drain(
+    bench: &Bench,
+    options: &Options,
+    relay_count: usize,
+    count: u64,
+) -> anyhow::Result<Throughput> {
+    bench.reset().await?;
+    let topic = bench.topic("drain", options.partitions()).await?;
+    let running = relays::start_balanced(
+        bench,
+        relay_count,
+        options.batch_size(),
+        Duration::from_secs(1),
+    )
+    .await?;
+    let committed = crate::workload::fill_backlog(&bench.pool, &topic, count).await?;
+    let done = relays::wait_settled(&running, count, DRAIN_TIMEOUT).await;
+    relays::stop_all(running).await;
+    Ok(Throughput::new(count, done?.duration_since(committed)))
+}
+
+/// Runs the drain part.
+///
+/// # Errors
+/// When a service fails.
+pub async fn run(bench: &Bench, options: &Options) -> anyhow::Result<DrainReport> {
+    let count = options.messages();
+    crate::progress(format!("drain: raw claim+delete of {count} messages"));
+    let raw_claim_delete = baselines::raw_claim_delete(bench, count, options.batch_size()).await?;
+    crate::progress(format!(
+        "drain: {:.0} msg/s; raw produce of {count} records",
+        raw_claim_delete.per_second
+    ));
+    let topic = bench.topic("produce", options.partitions()).await?;
+    let raw_produce = baselines::raw_produce(bench, &topic, count, options.batch_size()).await?;
+    crate::progress(format!(
+        "drain: {:.0} msg/s; relay over {count} messages",
+        raw_produce.per_second
+    ));
+    let relay = relay_drain(bench, options, 1, count).await?;
+    let (naive_count, window) = (options.naive_messages(), options.naive_window());
+    crate::progress(format!(
+        "drain: {:.0} msg/s; naive relay (at most {naive_count} messages or {window:?})",
+        relay.per_second
+    ));
+    let topic = bench.topic("naive", options.partitions()).await?;
+    let naive = baselines::naive_relay(bench, &topic, naive_count, window).await?;
+    crate::progress(format!("drain: naive {:.0} msg/s", naive.per_second));
+    bench.reset().await?;
+    let floor = raw_claim_delete.per_second.min(raw_produce.per_second);
+    Ok(DrainReport {
+        backlog: count,
+        batch_size: options.batch_size(),
+        relay,
+        raw_claim_delete,
+        raw_produce,
+        naive,
+        naive_sample: format!(
+            "{} messages in {:.1} s (sample bounded by {naive_count} messages or {} s)",
+            naive.messages,
+            naive.seconds,
+            window.as_secs()
+        ),
+        relay_vs_baselines: relay.per_second / floor,
+        relay_vs_naive: relay.per_second / naive.per_second.max(1e-9),
+    })
+}

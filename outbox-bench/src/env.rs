@@ -1,0 +1,145 @@
+//! The benchmark's own database and topics on the services of `DATABASE_URL` and `KAFKA_BROKERS`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use outbox_kafka::ClientConfig;
+use outbox_postgres::Tables;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+use crate::Options;
+
+/// The business table the writers insert into next to their messages.
+const BUSINESS_TABLE: &str = "CREATE TABLE bench_orders (
+    id           BIGSERIAL   PRIMARY KEY,
+    customer     INTEGER     NOT NULL,
+    amount_cents BIGINT      NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL DEFAULT now()
+)";
+
+/// A database of the benchmark's own (migrated, with a business table) and the broker's settings.
+pub struct Bench {
+    /// Pool on the benchmark database: writers, listeners, counters.
+    pub pool: PgPool,
+    /// Options of the benchmark database, for dedicated connections.
+    pub connect: PgConnectOptions,
+    /// Producer and admin settings: `bootstrap.servers` and the `-X` properties; the publisher adds
+    /// its own defaults.
+    pub kafka: ClientConfig,
+    name: String,
+    admin: PgConnectOptions,
+}
+
+impl Bench {
+    /// Creates a fresh database `outbox_bench_<time>` and migrates it.
+    ///
+    /// # Errors
+    /// When a service is missing or unreachable.
+    pub async fn create(options: &Options) -> anyhow::Result<Self> {
+        const HOW: &str = "start the services with `eval \"$(scripts/services.sh)\"`";
+        let url = options
+            .database_url
+            .clone()
+            .with_context(|| format!("DATABASE_URL is not set: {HOW}"))?;
+        let brokers = options
+            .brokers
+            .clone()
+            .with_context(|| format!("KAFKA_BROKERS is not set: {HOW}"))?;
+        let admin =
+            PgConnectOptions::from_str(&url).context("DATABASE_URL is not a PostgreSQL URL")?;
+        let name = format!("outbox_bench_{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+        let mut conn = admin
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to PostgreSQL: {HOW}"))?;
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        let connect = admin.clone().database(&name).disable_statement_logging();
+        let pool = PgPoolOptions::new()
+            .max_connections(40)
+            .connect_with(connect.clone())
+            .await?;
+        outbox_postgres::migrate(&mut *pool.acquire().await?, &Tables::default()).await?;
+        sqlx::raw_sql(BUSINESS_TABLE).execute(&pool).await?;
+        let mut kafka = ClientConfig::new();
+        kafka.set("bootstrap.servers", &brokers);
+        for (key, value) in options.producer_properties() {
+            kafka.set(key, value);
+        }
+        crate::progress(format!("database {name} created; broker {brokers}"));
+        Ok(Self {
+            pool,
+            connect,
+            kafka,
+            name,
+            admin,
+        })
+    }
+
+    /// Empties the outbox and the business table between runs.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn reset(&self) -> anyhow::Result<()> {
+        sqlx::raw_sql("TRUNCATE outbox, outbox_dead_letters, bench_orders")
+            .execute(&self.pool)
+            .await?;
+        sqlx::raw_sql("VACUUM ANALYZE outbox")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a topic with a fresh name (the broker keeps old ones; names never repeat).
+    ///
+    /// # Errors
+    /// When the broker refuses or does not answer.
+    pub async fn topic(&self, part: &str, partitions: i32) -> anyhow::Result<String> {
+        let name = format!("bench-{part}-{}", uuid::Uuid::now_v7().simple());
+        let admin: AdminClient<DefaultClientContext> = self.kafka.create()?;
+        let results = admin
+            .create_topics(
+                [&NewTopic::new(
+                    &name,
+                    partitions,
+                    TopicReplication::Fixed(1),
+                )],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .context("creating a topic failed; is the broker running?")?;
+        for result in results {
+            if let Err((topic, code)) = result {
+                bail!("creating topic {topic} failed: {code}");
+            }
+        }
+        Ok(name)
+    }
+
+    /// Drops the benchmark database (failures are only reported).
+    pub async fn drop_database(&self) {
+        self.pool.close().await;
+        let dropped = async {
+            let mut conn = self.admin.connect().await?;
+            sqlx::raw_sql(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await?;
+            anyhow::Ok(())
+        };
+        match dropped.await {
+            Ok(()) => crate::progress(format!("database {} dropped", self.name)),
+            Err(error) => {
+                crate::progress(format!("could not drop database {}: {error}", self.name))
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! A run's results: JSON, a Markdown table, the targets and whether each was met.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::Options;
+use crate::drain::DrainReport;
+use crate::latency::LatencyReport;
+use crate::machine::Machine;
+use crate::scaling::ScalingReport;
+use crate::sustained::SustainedReport;
+use crate::write_path::WritePathReport;
+
+/// One target, stated as a ratio or a bound measured in the same run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Target {
+    /// What is compared.
+    pub name: String,
+    /// The goal.
+    pub goal: String,
+    /// What this run measured.
+    pub measured: String,
+    /// Whether it was met; `None` when the part did not run.
+    pub met: Option<bool>,
+}
+
+/// Settings of the run that shape its numbers.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Settings {
+    /// `--quick`.
+    pub quick: bool,
+    /// Messages per claim.
+    pub batch_size: usize,
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// Writer connections.
+    pub writers: usize,
+    /// Payload bytes per message.
+    pub payload_bytes: usize,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Producer properties given with `-X`.
+    pub producer_properties: Vec<String>,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    /// Where it ran.
+    pub machine: Machine,
+    /// How it ran.
+    pub settings: Settings,
+    /// Part 1.
+    pub drain: Option<DrainReport>,
+    /// Part 2.
+    pub sustained: Option<SustainedReport>,
+    /// Part 3.
+    pub latency: Option<LatencyReport>,
+    /// Part 4.
+    pub write_path: Option<WritePathReport>,
+    /// Part 5.
+    pub scaling: Option<ScalingReport>,
+    /// The targets, checked.
+    pub targets: Vec<Target>,
+    /// Load averages when the run ended (the machine is shared: compare with the start's).
+    pub load_average_at_end: String,
+}
+
+impl Report {
+    /// An empty report of a run on `machine` with `options`.
+    pub fn new(machine: Machine, options: &Options) -> Self {
+        Self {
+            machine,
+            settings: Settings {
+                quick: options.quick,
+                batch_size: options.batch_size(),
+                partitions: options.partitions(),
+                writers: options.writers(),
+                payload_bytes: crate::workload::PAYLOAD_BYTES,
+                keys: crate::workload::KEYS,
+                producer_properties: options
+                    .producer_properties()
+                    .iter()
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect(),
+            },
+            drain: None,
+            sustained: None,
+            latency: None,
+            write_path: None,
+            scaling: None,
+            targets: Vec::new(),
+            load_average_at_end: String::new(),
+        }
+    }
+
+    /// Fills [`Report::targets`] from the parts that ran.
+    pub fn check_targets(&mut self) {
+        self.load_average_at_end = crate::machine::load_average();
+        let ratio = |name: &str, goal: f64, value: Option<f64>, unit: &str| Target {
+            name: name.into(),
+            goal: format!("≥ {goal}{unit}"),
+            measured: value.map_or("not run".into(), |v| format!("{v:.2}{unit}")),
+            met: value.map(|v| v >= goal),
+        };
+        let at_most = |name: &str, goal: f64, value: Option<f64>, unit: &str| Target {
+            name: name.into(),
+            goal: format!("≤ {goal}{unit}"),
+            measured: value.map_or("not run".into(), |v| format!("{v:.1}{unit}")),
+            met: value.map(|v| v <= goal),
+        };
+        let ack_p99 = self.latency.as_ref().and_then(|l| {
+            l.points
+                .iter()
+                .find(|p| p.mode == "wake-ups" && p.offered == 1000)
+                .map(|p| p.ack.p99_ms)
+        });
+        self.targets = vec![
+            ratio(
+                "drain / min(raw claim+delete, raw produce)",
+                0.9,
+                self.drain.as_ref().map(|d| d.relay_vs_baselines),
+                "",
+            ),
+            ratio(
+                "drain / naive relay",
+                20.0,
+                self.drain.as_ref().map(|d| d.relay_vs_naive),
+                "",
+            ),
+            ratio(
+                "sustained / writer+drain ceiling",
+                0.9,
+                self.sustained.as_ref().map(|s| s.relay_vs_ceiling),
+                "",
+            ),
+            at_most(
+                "commit → ack p99 at 1,000 msg/s, wake-ups",
+                20.0,
+                ack_p99,
+                " ms",
+            ),
+            at_most(
+                "enqueue (1 message) added to a one-row transaction",
+                10.0,
+                self.write_path
+                    .as_ref()
+                    .and_then(WritePathReport::one_message_added_percent),
+                " %",
+            ),
+        ];
+    }
+}
+
+/// Writes `contents` to `path`, naming the path on failure.
+fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes `report` as JSON to `out` (default `target/bench-results/<UTC time>.json`), the Markdown
+/// and, when latency ran, the SVG chart next to it; prints the Markdown.
+///
+/// # Errors
+/// When a file cannot be written.
+pub fn write(report: &Report, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let json = out.unwrap_or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+            .join("bench-results")
+            .join(format!(
+                "{}.json",
+                chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+            ))
+    });
+    if let Some(dir) = json.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let markdown = crate::markdown::render(report);
+    let mut files = vec![
+        (json.clone(), serde_json::to_string_pretty(report)?),
+        (json.with_extension("md"), markdown.clone()),
+    ];
+    if let Some(latency) = &report.latency {
+        files.push((
+            json.with_extension("svg"),
+            crate::chart::latency_svg(latency),
+        ));
+    }
+    for (path, contents) in &files {
+        write_file(path, contents)?;
+    }
+    println!("{markdown}");
+    let names: Vec<String> = files
+        .iter()
+        .map(|(path, _)| path.display().to_string())
+        .collect();
+    crate::progress(format!("wrote {}", names.join(", ")));
+    Ok(())
+}
