@@ -233,8 +233,8 @@ fn main() -> ExitCode {
 
 async fn run(part: Part, options: Options) -> anyhow::Result<()> {
     if let Part::Render { json } = &part {
-        let text = std::fs::read_to_string(json)
-            .with_context(|| format!("reading {}", json.display()))?;
+        let text =
+            std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
         let report: report::Report = serde_json::from_str(&text)
             .with_context(|| format!("{} is not the JSON of a run", json.display()))?;
         return report::write(&report, Some(json.clone()));
