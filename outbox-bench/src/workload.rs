@@ -141,10 +141,15 @@ pub async fn write_paced(
 ) -> anyhow::Result<Written> {
     let total = (load.rate * load.duration.as_secs_f64()).round() as u64;
     let next = Arc::new(AtomicU64::new(0));
+    // Connect first: the schedule starts once every writer is ready, or the time spent connecting
+    // would turn into a burst of overdue transactions.
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        conns.push(pool.acquire().await?.detach());
+    }
     let start = tokio::time::Instant::now();
     let mut tasks = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        let mut conn = pool.acquire().await?.detach();
+    for mut conn in conns {
         let (next, committed, outbox, topic) = (
             next.clone(),
             committed.clone(),
