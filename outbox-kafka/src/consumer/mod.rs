@@ -65,7 +65,7 @@ type KafkaConsumer<I> = StreamConsumer<RunnerContext<I>>;
 /// A Kafka consumer-group runner that applies each message once per consumer name through an
 /// [`Inbox`], routing records to typed handlers by `ce_type`.
 ///
-/// ```ignore
+/// ```no_run
 /// # use outbox_kafka::{ClientConfig, InboxConsumer, InboxRetention, Received};
 /// # use outbox_core::CancellationToken;
 /// # use std::time::Duration;
