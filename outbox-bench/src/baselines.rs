@@ -118,7 +118,7 @@ pub async fn raw_claim_delete(
 const PRODUCE_WINDOW: usize = 8;
 
 /// Baseline (b): produces the same `count` records (same keys, payloads and headers) with the
-/// relay's own producer and settings — `KafkaPublisher`, idempotent, `acks=all`, `linger.ms=5` —
+/// relay's own producer and settings — `KafkaPublisher`, idempotent, `acks=all`, its `linger.ms` —
 /// and no database: chunks of `batch_size`, [`PRODUCE_WINDOW`] of them in flight at any time, so
 /// the producer never waits for one chunk's acknowledgements before sending more.
 ///

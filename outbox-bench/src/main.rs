@@ -119,7 +119,7 @@ pub struct Options {
     #[arg(long, global = true, default_value_t = 16)]
     writers: usize,
     /// librdkafka producer property for the relay and every baseline, as key=value (repeatable);
-    /// the relay's own defaults (idempotence, acks=all, linger.ms=5, ...) apply to what is not given.
+    /// the relay's own defaults (idempotence, acks=all, linger.ms=1, ...) apply to what is not given.
     #[arg(short = 'X', long = "producer-property", global = true, value_name = "KEY=VALUE", value_parser = parse_property)]
     producer_properties: Vec<(String, String)>,
     /// Where to write the JSON result; the Markdown and SVG go next to it

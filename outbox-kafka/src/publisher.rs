@@ -16,8 +16,10 @@ use crate::topic_route::TopicRoute;
 const DEFAULTS: &[(&str, &str)] = &[
     // Partition keys as the Java client does, so other producers and consumers agree.
     ("partitioner", "murmur2_random"),
-    // Batch for up to 5 ms: the relay sends whole claims at once, so this costs little latency.
-    ("linger.ms", "5"),
+    // The relay hands a whole claim over at once, so waiting for more records only delays the
+    // batch: linger 1 ms (5 ms before) measured lower commit-to-ack latency (p50 at 100 msg/s from
+    // 9 to 3.5 ms) and a faster drain (0.76 to 0.81 of raw produce) on the benchmark.
+    ("linger.ms", "1"),
     // Give up on a send after 5 s (the relay retries it with backoff). This must stay below the
     // relay's lease: a message still queued when a paused relay resumes past its lease then fails
     // instead of being sent after another relay took the lane over.
