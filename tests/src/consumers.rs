@@ -2,7 +2,6 @@
 //! effect in a table of its own, and the consumer program as a child process.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -10,10 +9,9 @@ use outbox_core::{Fence, Message, Publisher, StoredMessage};
 use outbox_kafka::{ClientConfig, HandlerFuture, KafkaPublisher, Received};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-use crate::{kafka_config, services};
+use crate::{ChildProgram, kafka_config, services};
 
 /// The event of the keyed test stream: the `seq`-th event of `key`, numbered from 1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,11 +194,15 @@ pub async fn effects_report(pool: &PgPool) -> anyhow::Result<EffectsReport> {
     })
 }
 
-/// The consumer program (`consumer-under-test`) as a child process, its log in a file.
-pub struct ConsumerProcess {
-    child: Child,
-    /// Where its stderr goes.
-    pub log: std::path::PathBuf,
+/// The consumer program (`consumer-under-test`) as a child process; [`ChildProgram`] for the rest.
+pub struct ConsumerProcess(ChildProgram);
+
+impl std::ops::Deref for ConsumerProcess {
+    type Target = ChildProgram;
+
+    fn deref(&self) -> &ChildProgram {
+        &self.0
+    }
 }
 
 impl ConsumerProcess {
@@ -213,40 +215,21 @@ impl ConsumerProcess {
         group: &str,
         label: &str,
     ) -> anyhow::Result<Self> {
-        let log =
-            std::env::temp_dir().join(format!("consumer-{label}-{}.log", Uuid::now_v7().simple()));
-        let file = std::fs::File::create(&log)?;
-        let child = Command::new(program)
-            .args([database_url, &services::brokers()?, topic, group, label])
-            .env(
-                "OUTBOX_LOG",
-                std::env::var("OUTBOX_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .stdout(Stdio::null())
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the consumer program")?;
-        Ok(Self { child, log })
+        let brokers = services::brokers()?;
+        let args = [database_url, brokers.as_str(), topic, group, label];
+        Ok(Self(ChildProgram::spawn(program, &args, "consumer")?))
     }
 
     /// SIGKILL: no chance to commit anything.
-    pub async fn kill(mut self) -> anyhow::Result<()> {
-        self.child.kill().await?;
-        Ok(())
+    pub async fn kill(self) -> anyhow::Result<()> {
+        self.0.kill().await
     }
 
     /// SIGTERM, then waits for a clean exit; returns its log.
-    pub async fn terminate(mut self) -> anyhow::Result<String> {
-        let pid = self.child.id().context("the consumer already exited")?;
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill -TERM {pid} failed");
-        }
-        let exit = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await??;
-        let log = std::fs::read_to_string(&self.log)?;
+    pub async fn terminate(self) -> anyhow::Result<String> {
+        let log_path = self.0.log.clone();
+        let exit = self.0.terminate(Duration::from_secs(60)).await?;
+        let log = std::fs::read_to_string(&log_path)?;
         if !exit.success() {
             bail!("the consumer exited with {exit}: {log}");
         }
@@ -273,6 +256,6 @@ impl ConsumerProcess {
 
     /// Whether it is still running.
     pub fn is_running(&mut self) -> anyhow::Result<bool> {
-        Ok(self.child.try_wait()?.is_none())
+        Ok(self.0.exit_status()?.is_none())
     }
 }

@@ -345,41 +345,31 @@ impl InProcessRelay {
     }
 }
 
-/// The relay program as a child process, its log in a file.
-pub struct RelayProcess {
+/// A program under test as a child process, its stderr in a log file. Its log level is
+/// `OUTBOX_LOG` if set in the test's environment, else info. Killed when dropped.
+pub struct ChildProgram {
     child: Child,
     /// Where its stderr goes.
     pub log: PathBuf,
+    /// What it is, for messages (`relay`, `consumer`).
+    what: &'static str,
 }
 
-impl RelayProcess {
-    /// Starts `program run` (the relay program) on `db` with extra flags.
-    pub fn spawn(program: &Path, db: &TestDb, extra: &[&str]) -> anyhow::Result<Self> {
-        Self::spawn_with(program, &db.url, &services::brokers()?, extra)
-    }
-
-    /// Starts `program run` against the database at `database_url` and the brokers at `brokers`
-    /// with extra flags. Its log level is `OUTBOX_LOG` if set in the test's environment, else info.
-    pub fn spawn_with(
-        program: &Path,
-        database_url: &str,
-        brokers: &str,
-        extra: &[&str],
-    ) -> anyhow::Result<Self> {
-        let log = std::env::temp_dir().join(format!("relay-{}.log", Uuid::now_v7().simple()));
+impl ChildProgram {
+    /// Starts `program` with `args`; its log is named after `what`.
+    pub fn spawn(program: &Path, args: &[&str], what: &'static str) -> anyhow::Result<Self> {
+        let log = std::env::temp_dir().join(format!("{what}-{}.log", Uuid::now_v7().simple()));
         let file = std::fs::File::create(&log)?;
         let level = std::env::var("OUTBOX_LOG").unwrap_or_else(|_| "info".to_owned());
         let child = Command::new(program)
-            .arg("run")
-            .args(["--database-url", database_url, "--brokers", brokers])
-            .args(extra)
+            .args(args)
             .env("OUTBOX_LOG", level)
             .stdout(Stdio::null())
             .stderr(file)
             .kill_on_drop(true)
             .spawn()
-            .context("starting the relay program")?;
-        Ok(Self { child, log })
+            .with_context(|| format!("starting the {what} program"))?;
+        Ok(Self { child, log, what })
     }
 
     /// SIGKILL: no chance to clean up.
@@ -388,16 +378,19 @@ impl RelayProcess {
         Ok(())
     }
 
-    /// SIGTERM, then waits for a clean exit.
-    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let pid = self.child.id().context("relay already exited")?;
+    /// SIGTERM, then waits up to `within` for it to exit.
+    pub async fn terminate(mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self
+            .child
+            .id()
+            .with_context(|| format!("the {} already exited", self.what))?;
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()?;
         if !status.success() {
             bail!("kill -TERM {pid} failed");
         }
-        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+        Ok(tokio::time::timeout(within, self.child.wait()).await??)
     }
 
     /// The process id.
@@ -408,6 +401,53 @@ impl RelayProcess {
     /// Whether the process is still running (`Ok(Some(status))` once it exited).
     pub fn exit_status(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
         Ok(self.child.try_wait()?)
+    }
+}
+
+/// The relay program (`run`) as a child process; [`ChildProgram`] for the rest.
+pub struct RelayProcess(ChildProgram);
+
+impl std::ops::Deref for RelayProcess {
+    type Target = ChildProgram;
+
+    fn deref(&self) -> &ChildProgram {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RelayProcess {
+    fn deref_mut(&mut self) -> &mut ChildProgram {
+        &mut self.0
+    }
+}
+
+impl RelayProcess {
+    /// Starts `program run` (the relay program) on `db` with extra flags.
+    pub fn spawn(program: &Path, db: &TestDb, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_with(program, &db.url, &services::brokers()?, extra)
+    }
+
+    /// Starts `program run` against the database at `database_url` and the brokers at `brokers`
+    /// with extra flags.
+    pub fn spawn_with(
+        program: &Path,
+        database_url: &str,
+        brokers: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut args = vec!["run", "--database-url", database_url, "--brokers", brokers];
+        args.extend_from_slice(extra);
+        Ok(Self(ChildProgram::spawn(program, &args, "relay")?))
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub async fn kill(self) -> anyhow::Result<()> {
+        self.0.kill().await
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn terminate(self) -> anyhow::Result<std::process::ExitStatus> {
+        self.0.terminate(Duration::from_secs(30)).await
     }
 }
 
