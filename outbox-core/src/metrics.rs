@@ -4,13 +4,15 @@
 //! Prometheus recorder when `--metrics-address` is set. The names are the contract with dashboards
 //! and alerts, so they live here, one constant each, with their help text in [`describe`].
 
-use std::time::Duration;
+use std::collections::{BTreeMap, HashSet};
 
+use chrono::Utc;
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 
 use crate::publisher::PublishErrorKind;
+use crate::store::{Settlement, StoredMessage};
 
 /// Counter, label `topic`: messages acknowledged by the broker and settled.
 pub const PUBLISHED: &str = "outbox_messages_published_total";
@@ -86,16 +88,34 @@ pub fn kind_label(kind: PublishErrorKind) -> &'static str {
     }
 }
 
-pub(crate) fn published(topic: &str, latency: Duration) {
-    counter!(PUBLISHED, "topic" => topic.to_owned()).increment(1);
-    histogram!(PUBLISH_LATENCY).record(latency.as_secs_f64());
+/// Counts a batch's outcome once it is written back: published and dead-lettered messages per
+/// topic (one counter update per topic, not per message) and each published message's latency.
+pub(crate) fn settled(batch: &[StoredMessage], settlement: &Settlement) {
+    let published: HashSet<i64> = settlement.published.iter().copied().collect();
+    let dead_lettered: HashSet<i64> = settlement.dead_letters.iter().map(|d| d.seq).collect();
+    let now = Utc::now();
+    let latency = histogram!(PUBLISH_LATENCY);
+    let mut per_topic: BTreeMap<(&str, &'static str), u64> = BTreeMap::new();
+    for stored in batch {
+        let topic = stored.message.topic.as_str();
+        if published.contains(&stored.seq) {
+            let waited = (now - stored.message.created_at)
+                .to_std()
+                .unwrap_or_default();
+            latency.record(waited.as_secs_f64());
+            *per_topic.entry((topic, PUBLISHED)).or_default() += 1;
+        } else if dead_lettered.contains(&stored.seq) {
+            *per_topic.entry((topic, DEAD_LETTERED)).or_default() += 1;
+        }
+    }
+    for ((topic, name), count) in per_topic {
+        counter!(name, "topic" => topic.to_owned()).increment(count);
+    }
 }
 
-pub(crate) fn failed(topic: &str, kind: PublishErrorKind, dead_lettered: bool) {
+/// Counts a failed publish attempt (whether it is retried or dead-lettered).
+pub(crate) fn failed(topic: &str, kind: PublishErrorKind) {
     counter!(FAILED, "topic" => topic.to_owned(), "kind" => kind_label(kind)).increment(1);
-    if dead_lettered {
-        counter!(DEAD_LETTERED, "topic" => topic.to_owned()).increment(1);
-    }
 }
 
 pub(crate) fn batch(messages: usize) {

@@ -244,6 +244,7 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
                             "some settled messages were no longer ours; another relay owns their lane now"
                         );
                     }
+                    metrics::settled(&batch, &settlement);
                     stats.published += settlement.published.len() as u64;
                     stats.retried += settlement.retries.len() as u64;
                     stats.dead_lettered += settlement.dead_letters.len() as u64;
@@ -283,10 +284,6 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
         for (stored, outcome) in batch.iter().zip(outcomes) {
             let error = match outcome {
                 Ok(()) => {
-                    let latency = (Utc::now() - stored.message.created_at)
-                        .to_std()
-                        .unwrap_or_default();
-                    metrics::published(&stored.message.topic, latency);
                     settlement.published.push(stored.seq);
                     continue;
                 }
@@ -295,11 +292,7 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
             let failed = stored.attempts.saturating_add(1);
             let text = error.describe();
             let decision = self.config.retry.decide(failed, &error);
-            metrics::failed(
-                &stored.message.topic,
-                error.kind(),
-                matches!(decision, Decision::DeadLetter),
-            );
+            metrics::failed(&stored.message.topic, error.kind());
             match decision {
                 Decision::RetryAfter(delay) => {
                     tracing::warn!(id = %stored.message.id, topic = %stored.message.topic, attempts = failed, ?delay, error = %text, "publish failed; will retry");
