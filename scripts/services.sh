@@ -1,107 +1,171 @@
 #!/usr/bin/env bash
 # Starts what the demo and the tests need, installing what is missing:
-#   * PostgreSQL on 127.0.0.1:5432 (the machine's server if it has one; else Debian's package),
-#   * a Kafka-protocol broker (tansu, built from crates.io once and reused) on 127.0.0.1:${KAFKA_PORT:-9092},
-#     keeping its data in a SQLite file under .services/ so that it survives a restart.
+#   * PostgreSQL on 127.0.0.1:5432 (Debian's package, installed if missing), with wal_level=logical,
+#   * Apache Kafka (KRaft, one combined broker+controller; scripts/kafka.sh) on 127.0.0.1:9092, its
+#     jars fetched from Maven Central once and cached, its data under .services/kafka/.
 # Waits until both answer, then prints the variables to export (and nothing else on stdout):
 #   eval "$(scripts/services.sh)"
-# Logs go to stderr. `scripts/services.sh stop` stops the broker it started.
+# Logs go to stderr. A second call while one runs waits for it; a call when all runs changes nothing.
+#
+#   scripts/services.sh stop              stops the Kafka nodes this script started (PostgreSQL stays)
+#   scripts/services.sh cluster           starts a three-node KRaft cluster on 127.0.0.1:9192-9194
+#                                         (replication factor 3, min.insync.replicas=2), data under
+#                                         .services/cluster/; prints `export KAFKA_CLUSTER_BROKERS=...`
+#   scripts/services.sh cluster stop N    stops node N (1-3) with SIGTERM (controlled shutdown)
+#   scripts/services.sh cluster kill N    kills node N with SIGKILL
+#   scripts/services.sh cluster start N   starts node N again and waits until all three answer
+#   scripts/services.sh cluster down      stops the whole cluster (its data stays)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 state=${OUTBOX_SERVICES_DIR:-$repo/.services}
-kafka_port=${KAFKA_PORT:-9092}
-tansu_version=0.6.0
+kafka=$repo/scripts/kafka.sh
 mkdir -p "$state"
 
 log() { printf 'services: %s\n' "$*" >&2; }
-fail() { log "error: $*"; exit 1; }
+fail() {
+  log "error: $*"
+  exit 1
+}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-wait_for_port() { # port seconds [pid that must stay alive]
-  local i
-  for ((i = 0; i < $2 * 10; i++)); do
-    port_open "$1" && return 0
-    if [[ -n ${3:-} ]] && ! kill -0 "$3" 2>/dev/null; then
-      return 1
-    fi
-    sleep 0.1
-  done
-  return 1
-}
+# One caller at a time: a second one waits for the first instead of starting anything twice.
+exec 9>"$state/services.lock"
+flock 9
 
-stop_broker() {
-  local pid i
-  if [[ -f $state/tansu.pid ]]; then
-    pid=$(cat "$state/tansu.pid")
-    kill "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    log "broker stopped"
+# --- Apache Kafka ---------------------------------------------------------------------------------
+single=$state/kafka
+cluster=$state/cluster
+cluster_ports=(9192 9193 9194)
+cluster_controller_ports=(9292 9293 9294)
+cluster_brokers=127.0.0.1:9192,127.0.0.1:9193,127.0.0.1:9194
+
+start_single() {
+  if [[ ! -f $single/data/meta.properties ]]; then
+    rm -rf "$single"
+    "$kafka" init "$single" 1 9092 9093 1@127.0.0.1:9093 "$("$kafka" cluster-id)" 1
   fi
-  rm -f "$state/tansu.pid"
+  "$kafka" start "$single"
+  "$kafka" wait 127.0.0.1:9092 1 90 "$single" || {
+    "$kafka" stop --kill "$single"
+    fail "Kafka did not become ready on 127.0.0.1:9092 (log: $single/kafka.log)"
+  }
+  log "Kafka answers on 127.0.0.1:9092 (log: $single/kafka.log)"
 }
 
-if [[ ${1:-} == stop ]]; then
-  stop_broker
-  exit 0
-fi
+cluster_node() { echo "$cluster/node-$1"; }
 
-# --- PostgreSQL ---------------------------------------------------------------------------------
+check_node_id() {
+  [[ ${1:-} =~ ^[123]$ ]] || fail "a cluster node id is 1, 2 or 3 (got '${1:-}')"
+}
+
+cluster_up() {
+  local id voters="" cluster_id
+  for id in 1 2 3; do
+    voters+="${voters:+,}$id@127.0.0.1:${cluster_controller_ports[id - 1]}"
+  done
+  if [[ ! -f $(cluster_node 3)/data/meta.properties ]]; then
+    rm -rf "$cluster"
+    cluster_id=$("$kafka" cluster-id)
+    for id in 1 2 3; do
+      KAFKA_HEAP=${KAFKA_HEAP:-384m} "$kafka" init "$(cluster_node $id)" "$id" \
+        "${cluster_ports[id - 1]}" "${cluster_controller_ports[id - 1]}" "$voters" "$cluster_id" 3
+    done
+  fi
+  for id in 1 2 3; do
+    KAFKA_HEAP=${KAFKA_HEAP:-384m} "$kafka" start "$(cluster_node $id)"
+  done
+  cluster_wait "$cluster_brokers"
+}
+
+# Waits until every running node is registered, asking BOOTSTRAP (a restarted node's own address
+# waits for that node to have started).
+cluster_wait() {
+  local id running=()
+  for id in 1 2 3; do
+    [[ -f $(cluster_node $id)/kafka.pid ]] && running+=("$(cluster_node $id)")
+  done
+  "$kafka" wait "$1" "${#running[@]}" 120 "${running[@]}" ||
+    fail "the cluster did not become ready (logs: $cluster/node-*/kafka.log)"
+  log "Kafka cluster: ${#running[@]} of 3 nodes answer ($cluster_brokers)"
+}
+
+case ${1:-} in
+stop)
+  "$kafka" stop "$single" "$cluster"/node-*
+  log "Kafka stopped"
+  exit 0
+  ;;
+cluster)
+  case ${2:-up} in
+  up)
+    cluster_up
+    echo "export KAFKA_CLUSTER_BROKERS=$cluster_brokers"
+    ;;
+  stop | kill)
+    check_node_id "${3:-}"
+    if [[ $2 == kill ]]; then
+      "$kafka" stop --kill "$(cluster_node "$3")"
+    else
+      "$kafka" stop "$(cluster_node "$3")"
+    fi
+    log "cluster node $3 stopped ($2)"
+    ;;
+  start)
+    check_node_id "${3:-}"
+    [[ -f $(cluster_node "$3")/server.properties ]] || fail "the cluster was never started (scripts/services.sh cluster)"
+    KAFKA_HEAP=${KAFKA_HEAP:-384m} "$kafka" start "$(cluster_node "$3")"
+    cluster_wait "127.0.0.1:${cluster_ports[$3 - 1]}"
+    ;;
+  down)
+    "$kafka" stop "$cluster"/node-*
+    log "cluster stopped"
+    ;;
+  *) fail "usage: services.sh cluster [up | stop N | kill N | start N | down]" ;;
+  esac
+  exit 0
+  ;;
+"") ;;
+*) fail "usage: services.sh [stop | cluster ...] (see the top of $0)" ;;
+esac
+
+# --- PostgreSQL -----------------------------------------------------------------------------------
 database_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+
+# The Debian cluster: the newest version's `main`.
+debian_cluster() { ls /etc/postgresql 2>/dev/null | sort -V | tail -1; }
+
 if ! port_open 5432; then
-  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+  if [[ -z $(debian_cluster) ]] || [[ ! -d /etc/postgresql/$(debian_cluster)/main ]]; then
     log "installing PostgreSQL (Debian package)"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2 && apt-get install -y -qq postgresql >&2
-    conf=$(ls -d /etc/postgresql/*/main | head -1)
-    # Local development server: trust connections from this machine only.
-    sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$conf/pg_hba.conf"
+    { apt-get update -qq && apt-get install -y -qq postgresql; } >&2 ||
+      fail "installing Debian's postgresql package with apt-get failed"
   fi
-  log "starting PostgreSQL"
-  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start >&2 ||
-    fail "could not start PostgreSQL"
+  version=$(debian_cluster)
+  conf=/etc/postgresql/$version/main
+  [[ -d $conf ]] || fail "no PostgreSQL cluster under /etc/postgresql/$version/main after installing"
+  # A local test server: trust connections from this machine only; logical decoding for WAL capture.
+  sed -i -E 's/^(host\s+(all|replication)\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$conf/pg_hba.conf"
+  mkdir -p "$conf/conf.d"
+  printf '# Written by scripts/services.sh\nwal_level = logical\n' >"$conf/conf.d/outbox.conf"
+  log "starting PostgreSQL $version"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 ||
+    fail "could not start PostgreSQL $version (log: /var/log/postgresql/postgresql-$version-main.log)"
 fi
-wait_for_port 5432 30 || fail "PostgreSQL does not answer on 127.0.0.1:5432"
-log "PostgreSQL answers on 127.0.0.1:5432"
+for ((i = 0; i < 300; i++)); do
+  pg_isready -q -h 127.0.0.1 -p 5432 && break
+  sleep 0.1
+done
+pg_isready -q -h 127.0.0.1 -p 5432 || fail "PostgreSQL does not answer on 127.0.0.1:5432"
+wal_level=$(psql "$database_url" -XAtqc 'SHOW wal_level' 2>&1) ||
+  fail "cannot connect to PostgreSQL on 127.0.0.1:5432 as DATABASE_URL says: $wal_level"
+[[ $wal_level == logical ]] ||
+  fail "PostgreSQL on 127.0.0.1:5432 runs with wal_level=$wal_level; WAL capture needs wal_level=logical (set it and restart the server)"
+log "PostgreSQL answers on 127.0.0.1:5432 (wal_level=logical)"
 
-# --- Kafka-protocol broker (tansu) ----------------------------------------------------------------
-export PATH="$HOME/.cargo/bin:$PATH"
-install_tansu() {
-  command -v tansu >/dev/null 2>&1 && return 0 # another caller may have built it while we waited
-  log "building the tansu broker $tansu_version from crates.io (about 20 minutes on 2 cores, once)"
-  cargo install --locked tansu --version "$tansu_version" --features libsql,dynostore >&2 ||
-    fail "cargo install tansu failed"
-}
-if ! command -v tansu >/dev/null 2>&1; then
-  # One build at a time: concurrent callers wait for the first one instead of building it again.
-  exec 9>"$state/install.lock"
-  flock 9
-  install_tansu
-  exec 9>&-
-fi
-if ! port_open "$kafka_port"; then
-  log "starting tansu on 127.0.0.1:$kafka_port (data in $state/tansu.db)"
-  # tansu resolves a sqlite:// path against its working directory.
-  (cd "$state" && exec nohup tansu broker \
-    --listener-url "tcp://127.0.0.1:$kafka_port" \
-    --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
-    --storage-engine "sqlite://tansu.db" \
-    >"$state/tansu.log" 2>&1 </dev/null) &
-  echo $! >"$state/tansu.pid"
-  wait_for_port "$kafka_port" 60 "$(cat "$state/tansu.pid")" || {
-    tail -20 "$state/tansu.log" >&2
-    fail "the broker did not start (log: $state/tansu.log)"
-  }
-  # tansu 0.6's SQLite schema lacks an index that every fetch needs (see the script).
-  python3 "$repo/scripts/index-tansu-headers.py" "$state/tansu.db" >&2 ||
-    fail "could not index the broker's header table"
-fi
-log "Kafka broker answers on 127.0.0.1:$kafka_port"
+start_single
 
 echo "export DATABASE_URL=$database_url"
-echo "export KAFKA_BROKERS=127.0.0.1:$kafka_port"
+echo "export KAFKA_BROKERS=127.0.0.1:9092"

@@ -289,9 +289,18 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
                 }
                 Err(error) => error,
             };
-            let failed = stored.attempts.saturating_add(1);
+            // An outage (or a lost fence) is no attempt of the message's own: its count stays, so
+            // that a long outage never uses up the dead-letter budget of what waited through it.
+            let failed = if error.kind().counts_as_attempt() {
+                stored.attempts.saturating_add(1)
+            } else {
+                stored.attempts
+            };
             let text = error.describe();
-            let decision = self.config.retry.decide(failed, &error);
+            let decision = self
+                .config
+                .retry
+                .decide(stored.attempts.saturating_add(1), &error);
             metrics::failed(&stored.message.topic, error.kind());
             match decision {
                 Decision::RetryAfter(delay) => {
@@ -479,6 +488,30 @@ mod tests {
         let dead = store.dead_letters();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].1.attempts, 3, "max_attempts");
+    }
+
+    #[tokio::test]
+    async fn an_outage_longer_than_the_attempt_budget_uses_none_of_it() {
+        let store = MemoryStore::new();
+        let calls = Arc::new(AtomicU32::new(0));
+        let seen = calls.clone();
+        // Ten outages (more than the 3 attempts allowed), then one transient failure, then success.
+        let publisher =
+            MemoryPublisher::failing(move |_| match seen.fetch_add(1, Ordering::SeqCst) {
+                0..10 => Some(PublishErrorKind::Unavailable),
+                10 => Some(PublishErrorKind::Transient),
+                _ => None,
+            });
+        store.enqueue([message("a", 0)]);
+        let relay = Relay::new(store.clone(), publisher.clone(), fast_config());
+        run_until(&relay, &store, |s| s.pending().is_empty()).await;
+        assert!(
+            store.dead_letters().is_empty(),
+            "a transient failure after an outage is the first attempt, not the eleventh: {:?}",
+            store.dead_letters()
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 12);
+        assert_eq!(publisher.published().len(), 1);
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ use anyhow::Context;
 use outbox_core::{CancellationToken, Relay};
 use outbox_kafka::KafkaPublisher;
 use outbox_postgres::{PgRelayStore, PgStatus};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::cli::{MigrateArgs, RunArgs};
 use crate::{connect, observe, settings};
@@ -28,17 +29,34 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 
 /// `outbox-relay run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // The signal handlers come first: a SIGTERM while the relay is still connecting is a clean stop
+    // (exit status 0), not the default action that kills the process.
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(listen_for_signals()?, shutdown.clone()));
+    tracing::info!("relay process started; SIGINT or SIGTERM stops it");
+
     let settings = settings::resolve(&args, &|name| std::env::var(name).ok())?;
     let publisher = KafkaPublisher::new(&settings.kafka)
         .context("invalid Kafka producer settings")?
         .with_topic_route(settings.topic_route.clone());
 
-    let pool = connect::database(&settings.database, settings.pool_size).await?;
-    connect::require_schema(&pool, &settings.tables).await?;
-    publisher
-        .check_reachable(settings.database.connect_timeout)
-        .await
-        .context("Kafka is not reachable")?;
+    let connecting = async {
+        let pool = connect::database(&settings.database, settings.pool_size).await?;
+        connect::require_schema(&pool, &settings.tables).await?;
+        publisher
+            .check_reachable(settings.database.connect_timeout)
+            .await
+            .context("Kafka is not reachable")?;
+        anyhow::Ok(pool)
+    };
+    let pool = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => {
+            tracing::info!("stopped while starting; nothing was claimed");
+            return Ok(());
+        }
+        pool = connecting => pool?,
+    };
     tracing::info!(
         brokers = %settings.brokers,
         lanes = settings.store.get_lanes(),
@@ -47,8 +65,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "relay starting"
     );
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
     let store = PgRelayStore::new(pool.clone(), settings.store);
     // The listener outlives the relay's shutdown, so that the drain stays observable.
     let listener_stop = CancellationToken::new();
@@ -96,21 +112,23 @@ pub fn config_check(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
+/// SIGINT and SIGTERM, with their handlers installed by the time this returns.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+fn listen_for_signals() -> anyhow::Result<Signals> {
+    Ok(Signals {
+        interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+    })
+}
+
+async fn stop_on_signal(mut signals: Signals, shutdown: CancellationToken) {
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; stopping"),
-        () = terminate => tracing::info!("SIGTERM received; stopping"),
+        _ = signals.interrupt.recv() => tracing::info!("SIGINT received; stopping"),
+        _ = signals.terminate.recv() => tracing::info!("SIGTERM received; stopping"),
     }
     shutdown.cancel();
     // A second signal while draining is not awaited: the grace period bounds the stop.

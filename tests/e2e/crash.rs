@@ -101,3 +101,28 @@ async fn a_relay_killed_mid_backlog_and_restarted_loses_nothing_and_keeps_per_ke
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigterm_while_the_relay_is_still_connecting_is_a_clean_exit() -> anyhow::Result<()> {
+    init_logs();
+    // Nothing listens on this port: the relay keeps retrying its first connection for a minute.
+    let port = outbox_tests::private::free_port()?;
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let relay = RelayProcess::spawn_with(
+        relay_program(),
+        &url,
+        &outbox_tests::services::brokers()?,
+        &["--connect-timeout", "60s"],
+    )?;
+    relay
+        .wait_for_log("database not reachable yet", Duration::from_secs(30))
+        .await?;
+    let log = relay.log.clone();
+    let status = relay.terminate().await?;
+    assert!(
+        status.success(),
+        "a SIGTERM during start-up must end the relay with status 0, got {status}; log:\n{}",
+        outbox_tests::private::log_tail(&log, 20)
+    );
+    Ok(())
+}

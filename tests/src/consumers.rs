@@ -82,9 +82,8 @@ pub async fn publish(messages: &[Message]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Consumer settings for the test broker and `group`: short fetch waits (tansu answers long
-/// polls slowly), a short session timeout so that a killed member leaves the group soon, and
-/// frequent offset commits.
+/// Consumer settings for the test broker and `group`: a short session timeout so that a killed
+/// member leaves the group soon, and frequent offset commits.
 pub fn consumer_config(group: &str) -> anyhow::Result<ClientConfig> {
     consumer_config_for(&services::brokers()?, group)
 }
@@ -94,7 +93,6 @@ pub fn consumer_config_for(brokers: &str, group: &str) -> anyhow::Result<ClientC
     let mut config = crate::kafka_config_for(brokers);
     config
         .set("group.id", group)
-        .set("fetch.wait.max.ms", "50")
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
         .set("auto.commit.interval.ms", "500");

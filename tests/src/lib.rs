@@ -26,6 +26,7 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 pub mod consumers;
+pub mod keyed;
 pub mod private;
 pub mod services;
 
@@ -188,9 +189,10 @@ pub async fn create_topic(partitions: i32) -> anyhow::Result<String> {
 pub async fn create_topic_on(brokers: &str, partitions: i32) -> anyhow::Result<String> {
     let name = format!("e2e-{}", Uuid::now_v7().simple());
     let admin: AdminClient<DefaultClientContext> = kafka_config_for(brokers).create()?;
+    // Replication -1: the broker's default (1 on the single node, 3 on the three-node cluster).
     let results = admin
         .create_topics(
-            [&NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+            [&NewTopic::new(&name, partitions, TopicReplication::Fixed(-1))],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await
@@ -259,10 +261,7 @@ fn read_topic_blocking(
     let mut config = config.clone();
     config
         .set("group.id", format!("reader-{}", Uuid::now_v7().simple()))
-        .set("enable.auto.commit", "false")
-        // tansu answers long-polling fetches over several partitions slowly; short polls keep the
-        // reader from idling out while records are still waiting.
-        .set("fetch.wait.max.ms", "10");
+        .set("enable.auto.commit", "false");
     let consumer: BaseConsumer = config.create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions = metadata
@@ -404,6 +403,9 @@ impl ChildProgram {
     }
 }
 
+/// What the relay program logs once SIGINT and SIGTERM stop it cleanly.
+pub const SIGNALS_INSTALLED: &str = "relay process started; SIGINT or SIGTERM stops it";
+
 /// The relay program (`run`) as a child process; [`ChildProgram`] for the rest.
 pub struct RelayProcess(ChildProgram);
 
@@ -445,9 +447,31 @@ impl RelayProcess {
         self.0.kill().await
     }
 
-    /// SIGTERM, then waits for a clean exit.
+    /// SIGTERM, then waits for a clean exit. The signal is sent once the relay logged that its
+    /// handlers are installed (a SIGTERM an instant after `exec`, before any code of the relay ran,
+    /// would take the default action, as for any program).
     pub async fn terminate(self) -> anyhow::Result<std::process::ExitStatus> {
+        self.wait_for_log(SIGNALS_INSTALLED, Duration::from_secs(30))
+            .await?;
         self.0.terminate(Duration::from_secs(30)).await
+    }
+
+    /// Waits until the relay's log contains `text`.
+    pub async fn wait_for_log(&self, text: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if std::fs::read_to_string(&self.0.log).is_ok_and(|log| log.contains(text)) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the relay did not log `{text}` within {within:?}; its log ({}):\n{}",
+                    self.0.log.display(),
+                    private::log_tail(&self.0.log, 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -1,16 +1,16 @@
-//! Services of a test's own: a Kafka-protocol broker and a PostgreSQL server that one test may stop
-//! and restart without disturbing the shared services (`KAFKA_BROKERS`, `DATABASE_URL`) that other
-//! tests use at the same time.
+//! Services of a test's own: an Apache Kafka broker, a three-node Kafka cluster and a PostgreSQL
+//! server that one test may stop, kill and restart without disturbing the shared services
+//! (`KAFKA_BROKERS`, `DATABASE_URL`) that other tests use at the same time.
 //!
 //! Each runs on a free port of 127.0.0.1 with its data in a directory of its own under the temp
 //! directory, and is stopped when the value is dropped; the directory is removed then, unless the
 //! test is panicking (it is kept, and its path printed, for inspection). Only processes started here
 //! are ever signalled, by their process id.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use uuid::Uuid;
@@ -19,11 +19,6 @@ use uuid::Uuid;
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
-}
-
-fn port_answers(port: u16) -> bool {
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
-    TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
 }
 
 /// The last `lines` lines of a log file, for error messages.
@@ -59,19 +54,6 @@ impl Drop for ScratchDir {
     }
 }
 
-/// Sends `signal` (e.g. `INT`, `TERM`) to a process this module started.
-fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .context("running kill")?;
-    if !status.success() {
-        bail!("kill -{signal} {pid} failed: {status}");
-    }
-    Ok(())
-}
-
 /// Runs a command to completion; fails with its output unless it succeeded.
 fn run(command: &mut Command, what: &str) -> anyhow::Result<String> {
     let output = command
@@ -89,175 +71,310 @@ fn run(command: &mut Command, what: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// A `tansu` broker of the test's own, on a free port, keeping its data in SQLite in a directory
-/// of its own so that it survives [`stop`](Self::stop) and [`start_again`](Self::start_again).
-/// Killed on drop.
+/// `scripts/kafka.sh`: the one place that knows how to run an Apache Kafka node.
+fn kafka_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh")
+}
+
+/// Runs `scripts/kafka.sh` with `args` to completion; fails with its output unless it succeeded.
+async fn kafka_sh(args: &[&str], heap: &str, what: &str) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new("bash")
+        .arg(kafka_script())
+        .args(args)
+        .env("KAFKA_HEAP", heap)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("{what}: cannot run scripts/kafka.sh"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}): scripts/kafka.sh {args:?}\n{text}",
+            output.status
+        );
+    }
+    Ok(text)
+}
+
+/// One Apache Kafka node (KRaft, broker and controller in one process) in a directory of its own.
+#[derive(Debug)]
+struct KafkaNode {
+    id: u32,
+    port: u16,
+    dir: PathBuf,
+    heap: &'static str,
+}
+
+impl KafkaNode {
+    fn dir(&self) -> &str {
+        self.dir.to_str().unwrap_or_default()
+    }
+
+    async fn start(&self) -> anyhow::Result<()> {
+        kafka_sh(&["start", self.dir()], self.heap, "starting a Kafka node").await?;
+        Ok(())
+    }
+
+    /// SIGTERM (a controlled shutdown), or SIGKILL with `kill`; waits until the process is gone.
+    async fn stop(&self, kill: bool) -> anyhow::Result<()> {
+        let mut args = vec!["stop"];
+        if kill {
+            args.push("--kill");
+        }
+        args.push(self.dir());
+        kafka_sh(&args, self.heap, "stopping a Kafka node").await?;
+        Ok(())
+    }
+
+    fn is_running(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("kafka.pid"))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("kafka.log")
+    }
+
+    /// SIGKILL without waiting, for `Drop`.
+    fn kill_now(&self) {
+        let _ = Command::new("bash")
+            .arg(kafka_script())
+            .args(["stop", "--kill", self.dir()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Creates `count` nodes of one fresh cluster on free ports under `root`, formatted, not started.
+async fn init_nodes(root: &Path, count: u32, heap: &'static str) -> anyhow::Result<Vec<KafkaNode>> {
+    let cluster_id = kafka_sh(&["cluster-id"], heap, "making a Kafka cluster id").await?;
+    let cluster_id = cluster_id
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let mut ports = Vec::new();
+    for _ in 0..count {
+        ports.push((free_port()?, free_port()?));
+    }
+    let voters = ports
+        .iter()
+        .zip(1..)
+        .map(|((_, controller), id)| format!("{id}@127.0.0.1:{controller}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let replication = count.min(3).to_string();
+    let mut nodes = Vec::new();
+    for ((port, controller), id) in ports.into_iter().zip(1..) {
+        let node = KafkaNode {
+            id,
+            port,
+            dir: root.join(format!("node-{id}")),
+            heap,
+        };
+        kafka_sh(
+            &[
+                "init",
+                node.dir(),
+                &id.to_string(),
+                &port.to_string(),
+                &controller.to_string(),
+                &voters,
+                &cluster_id,
+                &replication,
+            ],
+            heap,
+            "formatting a Kafka node",
+        )
+        .await?;
+        nodes.push(node);
+    }
+    Ok(nodes)
+}
+
+/// Waits until all of `running` are registered, asking `ask` (a node's own address waits for it).
+async fn wait_ready(ask: &[&KafkaNode], running: &[&KafkaNode]) -> anyhow::Result<()> {
+    let bootstrap = bootstrap_of(ask);
+    let count = running.len().to_string();
+    let mut args = vec!["wait", &bootstrap, &count, "120"];
+    args.extend(running.iter().map(|node| node.dir()));
+    kafka_sh(&args, "128m", "waiting for Kafka").await?;
+    Ok(())
+}
+
+fn bootstrap_of(nodes: &[&KafkaNode]) -> String {
+    nodes
+        .iter()
+        .map(|node| format!("127.0.0.1:{}", node.port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// An Apache Kafka broker of the test's own (one KRaft node on free ports, its data in a directory
+/// of its own) so that stopping it never disturbs the shared broker. Its data survives
+/// [`stop`](Self::stop) and [`start_again`](Self::start_again). Killed on drop.
 #[derive(Debug)]
 pub struct PrivateBroker {
-    program: PathBuf,
-    port: u16,
-    child: Option<Child>,
+    node: KafkaNode,
     // Declared last: removed after the broker was killed.
-    dir: ScratchDir,
+    _dir: ScratchDir,
 }
 
 impl PrivateBroker {
-    /// Starts a broker and waits until it answers and its SQLite schema is indexed.
+    /// Starts a broker and waits until it answers a cluster-metadata request.
     pub async fn start() -> anyhow::Result<Self> {
-        let program = find_tansu()?;
-        let dir = ScratchDir::new("outbox-tansu")?;
-        let mut broker = Self {
-            program,
-            port: free_port()?,
-            child: None,
-            dir,
-        };
+        let dir = ScratchDir::new("outbox-kafka")?;
+        let mut nodes = init_nodes(&dir.0, 1, "384m").await?;
+        let node = nodes.pop().context("no node was made")?;
+        let mut broker = Self { node, _dir: dir };
         broker.start_again().await?;
         Ok(broker)
     }
 
     /// `host:port` to give clients as bootstrap servers.
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        bootstrap_of(&[&self.node])
     }
 
     /// Where the broker's output goes (all its runs, appended).
     pub fn log(&self) -> PathBuf {
-        self.dir.0.join("tansu.log")
+        self.node.log()
     }
 
     /// Whether the broker process is running.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+        self.node.is_running()
     }
 
     /// Starts the broker (again) on the same port and data directory; waits until it answers.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
-        if self.is_running() {
+        if self.node.is_running() {
             bail!("the private broker is already running");
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .context("opening the broker's log")?;
-        let listener = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(&self.program)
-            .current_dir(&self.dir.0)
-            .args(["broker", "--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
-            // tansu resolves a sqlite:// path against its working directory.
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .env_remove("LISTENER_URL")
-            .env_remove("ADVERTISED_LISTENER_URL")
-            .env_remove("STORAGE_ENGINE")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.program.display()))?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !port_answers(self.port) {
-            if !self.is_running() {
-                bail!(
-                    "the private broker exited at start-up (port {}):\n{}",
-                    self.port,
-                    log_tail(&self.log(), 20)
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the private broker does not answer on port {} after 60 s:\n{}",
-                    self.port,
-                    log_tail(&self.log(), 20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.index_headers().await
+        self.node.start().await?;
+        wait_ready(&[&self.node], &[&self.node]).await
     }
 
-    /// Adds the index tansu 0.6's SQLite schema lacks (see `scripts/index-tansu-headers.py`).
-    async fn index_headers(&self) -> anyhow::Result<()> {
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/index-tansu-headers.py");
-        let database = self.dir.0.join("tansu.db");
-        let output = tokio::process::Command::new("python3")
-            .arg(&script)
-            .arg(&database)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .context("running python3 to index the private broker's header table")?;
-        if !output.status.success() {
-            bail!(
-                "indexing the private broker's header table failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
-    }
-
-    /// Stops the broker and waits (up to 15 s, then SIGKILL) until it exited. Its data stays.
-    ///
-    /// The signal is SIGINT, not SIGTERM: on SIGTERM tansu 0.6 shuts its storage down at once but
-    /// keeps its connections open for up to 5 s more, answering every request with
-    /// UNKNOWN_SERVER_ERROR; on SIGINT it shuts the storage down and exits at once. Clients see the
-    /// broker go away, which is the outage to simulate.
+    /// Stops the broker (SIGTERM: a controlled shutdown; SIGKILL after 30 s) and waits until it
+    /// exited. Its data stays. Clients see the broker go away, which is the outage to simulate.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.take() else {
+        if !self.node.is_running() {
             bail!("the private broker is not running");
-        };
-        if child.try_wait()?.is_none() {
-            signal(child.id(), "INT")?;
         }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                child.kill()?;
-                child.wait()?;
-                tracing::warn!("the private broker ignored SIGINT for 15 s; killed it");
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.node.stop(false).await
     }
 }
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.node.kill_now();
     }
 }
 
-/// `tansu` from PATH, else from `$HOME/.cargo/bin`.
-fn find_tansu() -> anyhow::Result<PathBuf> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("tansu"))
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(home).join(".cargo/bin/tansu"));
+/// One three-node cluster at a time in a test process: three JVMs per test on two cores are
+/// enough, and the broker-fault tests measure the relay, not a starved machine.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A three-node Apache Kafka cluster of the test's own (KRaft, each node broker and controller,
+/// replication factor 3, `min.insync.replicas=2`) on free ports, whose nodes a test may kill, stop
+/// and start by id (1, 2, 3). Only one exists at a time per test process (others wait); killed on
+/// drop.
+#[derive(Debug)]
+pub struct PrivateCluster {
+    nodes: Vec<KafkaNode>,
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
+    // Declared last: removed after the nodes were killed.
+    _dir: ScratchDir,
+}
+
+impl PrivateCluster {
+    /// Starts the three nodes and waits until all of them are registered.
+    pub async fn start() -> anyhow::Result<Self> {
+        let guard = ONE_CLUSTER_AT_A_TIME.lock().await;
+        let dir = ScratchDir::new("outbox-kafka-cluster")?;
+        let nodes = init_nodes(&dir.0, 3, "384m").await?;
+        let cluster = Self {
+            nodes,
+            _one_at_a_time: guard,
+            _dir: dir,
+        };
+        for node in &cluster.nodes {
+            node.start().await?;
+        }
+        let all: Vec<&KafkaNode> = cluster.nodes.iter().collect();
+        wait_ready(&all, &all).await?;
+        Ok(cluster)
     }
-    candidates
-        .into_iter()
-        .find(|candidate| candidate.is_file())
-        .context(
-            "the `tansu` broker is not installed (neither on PATH nor in $HOME/.cargo/bin); \
-             `scripts/services.sh` installs it",
-        )
+
+    /// Bootstrap servers: every node.
+    pub fn brokers(&self) -> String {
+        bootstrap_of(&self.nodes.iter().collect::<Vec<_>>())
+    }
+
+    fn node(&self, id: u32) -> anyhow::Result<&KafkaNode> {
+        self.nodes
+            .iter()
+            .find(|node| node.id == id)
+            .with_context(|| format!("the cluster has no node {id} (1, 2, 3)"))
+    }
+
+    /// The log of node `id`.
+    pub fn log(&self, id: u32) -> anyhow::Result<PathBuf> {
+        Ok(self.node(id)?.log())
+    }
+
+    /// SIGKILL to node `id`: no controlled shutdown, no chance to hand leadership over.
+    pub async fn kill(&self, id: u32) -> anyhow::Result<()> {
+        self.node(id)?.stop(true).await
+    }
+
+    /// SIGTERM to node `id` (a controlled shutdown) and waits until it exited.
+    pub async fn stop(&self, id: u32) -> anyhow::Result<()> {
+        self.node(id)?.stop(false).await
+    }
+
+    /// SIGTERM to every node at once (none waits for a quorum the others left) and waits.
+    pub async fn stop_all(&self) -> anyhow::Result<()> {
+        let mut args = vec!["stop"];
+        args.extend(self.nodes.iter().map(KafkaNode::dir));
+        kafka_sh(&args, "128m", "stopping the cluster").await?;
+        Ok(())
+    }
+
+    /// Starts node `id` again (same port, same data) and waits until it answers itself and every
+    /// running node is registered.
+    pub async fn start_node(&self, id: u32) -> anyhow::Result<()> {
+        let node = self.node(id)?;
+        node.start().await?;
+        let running: Vec<&KafkaNode> = self.nodes.iter().filter(|n| n.is_running()).collect();
+        wait_ready(&[node], &running).await
+    }
+
+    /// Starts every stopped node and waits until all three are registered.
+    pub async fn start_all(&self) -> anyhow::Result<()> {
+        for node in &self.nodes {
+            node.start().await?;
+        }
+        let all: Vec<&KafkaNode> = self.nodes.iter().collect();
+        wait_ready(&all, &all).await
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            node.kill_now();
+        }
+    }
 }
 
 /// A PostgreSQL server of the test's own: a fresh cluster (`initdb`) on a free port, trust

@@ -50,7 +50,10 @@ impl<I: Inbox + 'static> InboxConsumer<I> {
     ///
     /// The runner stores offsets itself, only after the database commit, and librdkafka commits
     /// them in the background: `enable.auto.offset.store=false` and `enable.auto.commit=true` are
-    /// forced. `auto.offset.reset` defaults to `earliest`. Every other setting passes through
+    /// forced. `auto.offset.reset` defaults to `earliest` and `partition.assignment.strategy` to
+    /// `cooperative-sticky` (incremental rebalancing; every member of a group must use the same
+    /// kind of strategy, so set it explicitly to join a group of eager members). Every other
+    /// setting passes through
     /// (`auto.commit.interval.ms`, `session.timeout.ms`, `fetch.wait.max.ms`, ...).
     pub fn builder(
         config: &ClientConfig,
@@ -210,6 +213,12 @@ impl<I: Inbox + 'static> InboxConsumerBuilder<I> {
             .set("enable.auto.commit", "true");
         if config.get("auto.offset.reset").is_none() {
             config.set("auto.offset.reset", "earliest");
+        }
+        // Incremental rebalancing: a member joining or leaving moves only the partitions that
+        // change owner; the others keep flowing. Every member of a group must use the same kind
+        // of strategy, so a group that runs an eager one today sets it here explicitly.
+        if config.get("partition.assignment.strategy").is_none() {
+            config.set("partition.assignment.strategy", "cooperative-sticky");
         }
         let producer_config = self
             .dead_letter_config
