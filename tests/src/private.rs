@@ -342,12 +342,20 @@ impl PrivateCluster {
         self.node(id)?.stop(false).await
     }
 
-    /// SIGTERM to every node at once (none waits for a quorum the others left) and waits.
-    pub async fn stop_all(&self) -> anyhow::Result<()> {
+    /// SIGTERM to the nodes `ids` at once (none waits for a quorum the others left) and waits
+    /// until all of them exited.
+    pub async fn stop_nodes(&self, ids: &[u32]) -> anyhow::Result<()> {
         let mut args = vec!["stop"];
-        args.extend(self.nodes.iter().map(KafkaNode::dir));
-        kafka_sh(&args, "128m", "stopping the cluster").await?;
+        for &id in ids {
+            args.push(self.node(id)?.dir());
+        }
+        kafka_sh(&args, "128m", "stopping cluster nodes").await?;
         Ok(())
+    }
+
+    /// SIGTERM to every node at once, and waits until all of them exited.
+    pub async fn stop_all(&self) -> anyhow::Result<()> {
+        self.stop_nodes(&[1, 2, 3]).await
     }
 
     /// Starts node `id` again (same port, same data) and waits until it answers itself and every

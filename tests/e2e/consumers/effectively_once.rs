@@ -84,40 +84,48 @@ async fn ten_thousand_messages_through_an_aborted_consumer_a_restart_and_a_full_
     Ok(())
 }
 
+/// The members use the library's default assignment, `cooperative-sticky`: each rebalance moves
+/// only the partitions that change owner, while the others keep flowing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_consumer_killed_mid_stream_and_a_member_joining_the_group_still_apply_each_message_once()
+async fn members_killed_joining_and_leaving_while_records_flow_still_apply_each_message_once()
 -> anyhow::Result<()> {
     let started = Instant::now();
     let (db, topic) = fresh(4).await?;
     let messages = steps(&topic, KEYS, PER_KEY)?;
-    let (early, late) = messages.split_at(6_000);
+    let (early, rest) = messages.split_at(5_000);
+    let (middle, late) = rest.split_at(2_500);
     publish(early).await?;
     let group = group("crash");
 
     // SIGKILLed mid-stream: no shutdown, no final commit; its open transaction dies with it.
     let killed = ConsumerProcess::spawn(consumer_program(), &db.url, &topic, &group, "killed")?;
-    wait_for_effects(&db.pool, 2_000, Duration::from_secs(120)).await?;
+    wait_for_effects(&db.pool, 1_500, Duration::from_secs(120)).await?;
     killed.kill().await?;
     let at_kill = effects_report(&db.pool).await?.rows;
 
-    let mut second = ConsumerProcess::spawn(consumer_program(), &db.url, &topic, &group, "second")?;
-    wait_for_effects(&db.pool, 4_000, Duration::from_secs(120)).await?;
-    // A member joins: the group rebalances and the joiner takes partitions over from `second`.
+    let leaving = ConsumerProcess::spawn(consumer_program(), &db.url, &topic, &group, "leaving")?;
+    wait_for_effects(&db.pool, 3_000, Duration::from_secs(120)).await?;
+    // A member joins while records flow: the group rebalances and the joiner takes partitions over.
     let mut joiner = ConsumerProcess::spawn(consumer_program(), &db.url, &topic, &group, "joiner")?;
     joiner
         .wait_for_partitions(&topic, Duration::from_secs(120))
         .await?;
-    publish(late).await?;
+    publish(middle).await?;
+    wait_for_effects(&db.pool, 6_000, Duration::from_secs(120)).await?;
+    // The other member leaves (SIGTERM: it finishes the record in hand, commits, leaves the group)
+    // while records flow; the joiner takes its partitions over.
+    let publishing_late = tokio::spawn({
+        let late = late.to_vec();
+        async move { publish(&late).await }
+    });
+    let left_at = effects_report(&db.pool).await?.rows;
+    let absorbed_by_leaver = duplicates_in(&leaving.terminate().await?);
+    publishing_late.await??;
     wait_for_effects(&db.pool, TOTAL, Duration::from_secs(180)).await?;
     // Time for a stray duplicate effect to show, if there were one.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        second.is_running()? && joiner.is_running()?,
-        "both consumers still run"
-    );
-
-    let absorbed =
-        duplicates_in(&second.terminate().await?) + duplicates_in(&joiner.terminate().await?);
+    assert!(joiner.is_running()?, "the joiner still runs");
+    let absorbed = absorbed_by_leaver + duplicates_in(&joiner.terminate().await?);
 
     let report = effects_report(&db.pool).await?;
     assert_exactly_once(&report);
@@ -129,8 +137,8 @@ async fn a_consumer_killed_mid_stream_and_a_member_joining_the_group_still_apply
             .map_or(0, |(_, n)| *n)
     };
     assert!(
-        applied_by("joiner") > 0,
-        "the joiner got partitions: {:?}",
+        applied_by("joiner") > 0 && applied_by("leaving") > 0,
+        "both members applied records: {:?}",
         report.by_applier
     );
     let redelivered = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM inbox")
@@ -138,8 +146,8 @@ async fn a_consumer_killed_mid_stream_and_a_member_joining_the_group_still_apply
         .await?;
     assert_eq!(redelivered, TOTAL, "one inbox row per message");
     println!(
-        "killed after {at_kill} effects; applied by {:?}; redeliveries absorbed by the survivors \
-         {absorbed}; {:?}",
+        "killed after {at_kill} effects, a member left after {left_at}; applied by {:?}; \
+         redeliveries absorbed by the survivors {absorbed}; {:?}",
         report.by_applier,
         started.elapsed(),
     );

@@ -1,0 +1,252 @@
+//! Broker faults on a three-node Apache Kafka cluster (replication factor 3,
+//! `min.insync.replicas=2`, `acks=all`): a partition leader killed mid-drain, two of three brokers
+//! down, the whole cluster restarted. Each test has a cluster of its own
+//! ([`PrivateCluster`]: one at a time) and the relay program as a child process, reads the topic
+//! back and asserts what a consumer observes: nothing lost, per key the first occurrences in enqueue
+//! order, duplicates counted.
+
+use std::time::{Duration, Instant};
+
+use outbox_tests::keyed::{
+    Enqueued, dead_letter_count, enqueue, max_attempts, outbox_count, verify, wait_until_drained,
+    wait_until_outbox_at_most,
+};
+use outbox_tests::private::{PrivateCluster, log_tail};
+use outbox_tests::{RelayProcess, TestDb, create_topic_on, init_logs, read_topic_from};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+const KEYS: usize = 60;
+const PARTITIONS: i32 = 6;
+
+/// The relay's flags: a 20 s lease gives sends 10 s (`message.timeout.ms` = lease / 2), longer
+/// than the 9 s in which the controller fences a broker that stopped answering; short backoffs.
+const FLAGS: [&str; 10] = [
+    "--lease",
+    "20s",
+    "--batch-size",
+    "250",
+    "--poll-interval",
+    "100ms",
+    "--initial-backoff",
+    "100ms",
+    "--max-backoff",
+    "1s",
+];
+
+fn relay_program() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_relay-under-test"))
+}
+
+/// The node that leads `partition` of `topic`, from a metadata request.
+fn leader_of(brokers: &str, topic: &str, partition: i32) -> anyhow::Result<u32> {
+    let consumer: BaseConsumer = outbox_tests::kafka_config_for(brokers).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let leader = metadata
+        .topics()
+        .first()
+        .and_then(|t| t.partitions().iter().find(|p| p.id() == partition))
+        .map(|p| p.leader())
+        .ok_or_else(|| anyhow::anyhow!("{topic}/{partition} is not in the metadata"))?;
+    u32::try_from(leader).map_err(|_| anyhow::anyhow!("{topic}/{partition} has no leader"))
+}
+
+/// Reads the topic back from the cluster and checks it; prints and returns the duplicates.
+async fn read_back_and_verify(
+    cluster: &PrivateCluster,
+    topic: &str,
+    enqueued: &[Enqueued],
+    what: &str,
+) -> anyhow::Result<usize> {
+    let records = read_topic_from(
+        &cluster.brokers(),
+        topic,
+        usize::MAX,
+        Duration::from_secs(10),
+    )
+    .await?;
+    let duplicates = verify(&records, enqueued)?;
+    println!(
+        "{what}: {} records for {} messages, 0 lost, per-key order held, {duplicates} duplicates",
+        records.len(),
+        enqueued.len()
+    );
+    Ok(duplicates)
+}
+
+/// While `during` passes: nothing dead-lettered, no attempt used, the relay alive; returns the
+/// outbox count at the end.
+async fn hold_through_outage(
+    db: &TestDb,
+    relay: &mut RelayProcess,
+    during: Duration,
+) -> anyhow::Result<i64> {
+    let since = Instant::now();
+    while since.elapsed() < during {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        anyhow::ensure!(
+            dead_letter_count(&db.pool).await? == 0,
+            "the outage dead-lettered messages; relay log ({}):\n{}",
+            relay.log.display(),
+            log_tail(&relay.log, 30)
+        );
+        anyhow::ensure!(
+            max_attempts(&db.pool).await? == 0,
+            "the outage used up attempts of waiting messages (max attempts {}); relay log:\n{}",
+            max_attempts(&db.pool).await?,
+            log_tail(&relay.log, 30)
+        );
+        anyhow::ensure!(
+            relay.exit_status()?.is_none(),
+            "the relay exited during the outage:\n{}",
+            log_tail(&relay.log, 30)
+        );
+    }
+    outbox_count(&db.pool).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_of_a_busy_partition_killed_mid_drain_loses_nothing_and_keeps_per_key_order()
+-> anyhow::Result<()> {
+    init_logs();
+    const BACKLOG: usize = 20_000;
+    let db = TestDb::create().await?;
+    let cluster = PrivateCluster::start().await?;
+    let brokers = cluster.brokers();
+    let topic = create_topic_on(&brokers, PARTITIONS).await?;
+    let enqueued = enqueue(&db.pool, &topic, 0..BACKLOG, KEYS).await?;
+
+    let relay = RelayProcess::spawn_with(relay_program(), &db.url, &brokers, &FLAGS)?;
+    wait_until_outbox_at_most(&db.pool, (BACKLOG * 4 / 5) as i64, &relay).await?;
+    let leader = leader_of(&brokers, &topic, 0)?;
+    cluster.kill(leader).await?;
+    let at_kill = outbox_count(&db.pool).await?;
+    anyhow::ensure!(at_kill > 0, "the kill must happen mid-drain");
+
+    // Two brokers remain, enough for min.insync.replicas=2: the relay goes on once the partitions
+    // of the killed leader have new leaders.
+    let down = Instant::now();
+    wait_until_outbox_at_most(&db.pool, at_kill / 2, &relay).await?;
+    let halved_in = down.elapsed();
+    let new_leader = leader_of(&brokers, &topic, 0)?;
+    anyhow::ensure!(
+        new_leader != leader,
+        "partition 0 still names the killed node {leader} as its leader"
+    );
+    cluster.start_node(leader).await?;
+    let mut max_seen = 0;
+    wait_until_drained(&db.pool, Duration::from_secs(180), &relay, &mut max_seen).await?;
+    assert_eq!(
+        dead_letter_count(&db.pool).await?,
+        0,
+        "nothing dead-lettered"
+    );
+    let status = relay.terminate().await?;
+    assert!(status.success(), "relay exits cleanly on SIGTERM: {status}");
+
+    read_back_and_verify(
+        &cluster,
+        &topic,
+        &enqueued,
+        &format!(
+            "leader {leader} of partition 0 SIGKILLed with {at_kill} messages waiting \
+             (new leader {new_leader}; half of them published {halved_in:?} later; max attempts {max_seen})"
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_of_three_brokers_down_is_an_outage_retried_without_using_attempts_then_drained()
+-> anyhow::Result<()> {
+    init_logs();
+    const BACKLOG: usize = 30_000;
+    let db = TestDb::create().await?;
+    let cluster = PrivateCluster::start().await?;
+    let brokers = cluster.brokers();
+    let topic = create_topic_on(&brokers, PARTITIONS).await?;
+    let mut enqueued = enqueue(&db.pool, &topic, 0..BACKLOG, KEYS).await?;
+
+    let mut relay = RelayProcess::spawn_with(relay_program(), &db.url, &brokers, &FLAGS)?;
+    wait_until_outbox_at_most(&db.pool, (BACKLOG * 9 / 10) as i64, &relay).await?;
+    cluster.stop_nodes(&[2, 3]).await?;
+    // One broker of three: below min.insync.replicas, and no controller quorum. Sends fail with
+    // not-enough-replicas or time out after 10 s; what waits must stay waiting, unharmed, through
+    // two whole send timeouts and more.
+    let at_stop = outbox_count(&db.pool).await?;
+    anyhow::ensure!(at_stop > 0, "the outage must begin mid-drain");
+    // Writers go on during the outage.
+    enqueued.extend(enqueue(&db.pool, &topic, BACKLOG..BACKLOG + 1_000, KEYS).await?);
+    let through = hold_through_outage(&db, &mut relay, Duration::from_secs(25)).await?;
+
+    cluster.start_node(2).await?;
+    cluster.start_node(3).await?;
+    let back = Instant::now();
+    let mut max_seen = 0;
+    wait_until_drained(&db.pool, Duration::from_secs(180), &relay, &mut max_seen).await?;
+    let drained_in = back.elapsed();
+    assert_eq!(
+        dead_letter_count(&db.pool).await?,
+        0,
+        "nothing dead-lettered"
+    );
+    let status = relay.terminate().await?;
+    assert!(status.success(), "relay exits cleanly on SIGTERM: {status}");
+
+    read_back_and_verify(
+        &cluster,
+        &topic,
+        &enqueued,
+        &format!(
+            "two of three brokers down for 25 s with {at_stop} messages waiting ({through} at the \
+             end, no attempt used); drained {drained_in:?} after they came back"
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_cluster_restart_while_messages_wait_loses_nothing_and_keeps_per_key_order()
+-> anyhow::Result<()> {
+    init_logs();
+    const BACKLOG: usize = 30_000;
+    let db = TestDb::create().await?;
+    let cluster = PrivateCluster::start().await?;
+    let brokers = cluster.brokers();
+    let topic = create_topic_on(&brokers, PARTITIONS).await?;
+    let mut enqueued = enqueue(&db.pool, &topic, 0..BACKLOG, KEYS).await?;
+
+    let mut relay = RelayProcess::spawn_with(relay_program(), &db.url, &brokers, &FLAGS)?;
+    wait_until_outbox_at_most(&db.pool, (BACKLOG * 9 / 10) as i64, &relay).await?;
+    cluster.stop_all().await?;
+    let at_stop = outbox_count(&db.pool).await?;
+    anyhow::ensure!(at_stop > 0, "the restart must begin mid-drain");
+    enqueued.extend(enqueue(&db.pool, &topic, BACKLOG..BACKLOG + 1_000, KEYS).await?);
+    let through = hold_through_outage(&db, &mut relay, Duration::from_secs(12)).await?;
+
+    cluster.start_all().await?;
+    let back = Instant::now();
+    let mut max_seen = 0;
+    wait_until_drained(&db.pool, Duration::from_secs(180), &relay, &mut max_seen).await?;
+    let drained_in = back.elapsed();
+    assert_eq!(
+        dead_letter_count(&db.pool).await?,
+        0,
+        "nothing dead-lettered"
+    );
+    let status = relay.terminate().await?;
+    assert!(status.success(), "relay exits cleanly on SIGTERM: {status}");
+
+    read_back_and_verify(
+        &cluster,
+        &topic,
+        &enqueued,
+        &format!(
+            "whole cluster stopped for 12 s with {at_stop} messages waiting ({through} at the \
+             end); drained {drained_in:?} after it was back"
+        ),
+    )
+    .await?;
+    Ok(())
+}
