@@ -194,10 +194,7 @@ async fn run_consumer(
     placed: &[Uuid],
 ) -> anyhow::Result<ConsumerStats> {
     let mut config = kafka.clone();
-    config
-        .set("group.id", format!("{topic}-{group}"))
-        // Short fetch waits: the demo's broker (tansu) answers long polls slowly.
-        .set("fetch.wait.max.ms", "100");
+    config.set("group.id", format!("{topic}-{group}"));
     let inbox = PgInbox::new(pool.clone());
     let purge = inbox.clone();
     let consumer = InboxConsumer::builder(&config, inbox, "shipping")

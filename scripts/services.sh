@@ -34,6 +34,16 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 exec 9>"$state/services.lock"
 flock 9
 
+# --- Java and Maven (Kafka's runtime and its fetcher) --------------------------------------------
+if [[ ${1:-} != stop ]] && { ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1; }; then
+  if [[ -z ${JAVA_HOME:-} ]] && command -v apt-get >/dev/null 2>&1; then
+    log "installing a JDK and Maven (Debian packages) for Kafka"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -qq && apt-get install -y -qq default-jdk-headless maven; } >&2 ||
+      fail "installing Debian's default-jdk-headless and maven packages with apt-get failed"
+  fi
+fi
+
 # --- Apache Kafka ---------------------------------------------------------------------------------
 single=$state/kafka
 cluster=$state/cluster
@@ -136,6 +146,30 @@ database_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 # The Debian cluster: the newest version's `main`.
 debian_cluster() { ls /etc/postgresql 2>/dev/null | sort -V | tail -1; }
 
+# Sets up the Debian cluster as a local test server and (re)starts it: trust for connections from
+# this machine only, logical decoding for WAL capture.
+start_debian_cluster() {
+  local version=$1 conf=/etc/postgresql/$1/main action=start
+  [[ -d $conf ]] || fail "no PostgreSQL cluster under $conf"
+  sed -i -E 's/^(host\s+(all|replication)\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$conf/pg_hba.conf"
+  mkdir -p "$conf/conf.d"
+  printf '# Written by scripts/services.sh\nwal_level = logical\n' >"$conf/conf.d/outbox.conf"
+  # The package's installation may have started the server already (with the old settings).
+  pg_ctlcluster --skip-systemctl-redirect "$version" main status >/dev/null 2>&1 && action=restart
+  log "PostgreSQL $version: $action"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main "$action" >&2 ||
+    fail "could not $action PostgreSQL $version (log: /var/log/postgresql/postgresql-$version-main.log)"
+}
+
+wait_for_postgres() {
+  local i
+  for ((i = 0; i < 300; i++)); do
+    pg_isready -q -h 127.0.0.1 -p 5432 && return 0
+    sleep 0.1
+  done
+  fail "PostgreSQL does not answer on 127.0.0.1:5432"
+}
+
 if ! port_open 5432; then
   if [[ -z $(debian_cluster) ]] || [[ ! -d /etc/postgresql/$(debian_cluster)/main ]]; then
     log "installing PostgreSQL (Debian package)"
@@ -143,26 +177,23 @@ if ! port_open 5432; then
     { apt-get update -qq && apt-get install -y -qq postgresql; } >&2 ||
       fail "installing Debian's postgresql package with apt-get failed"
   fi
-  version=$(debian_cluster)
-  conf=/etc/postgresql/$version/main
-  [[ -d $conf ]] || fail "no PostgreSQL cluster under /etc/postgresql/$version/main after installing"
-  # A local test server: trust connections from this machine only; logical decoding for WAL capture.
-  sed -i -E 's/^(host\s+(all|replication)\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$conf/pg_hba.conf"
-  mkdir -p "$conf/conf.d"
-  printf '# Written by scripts/services.sh\nwal_level = logical\n' >"$conf/conf.d/outbox.conf"
-  log "starting PostgreSQL $version"
-  pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 ||
-    fail "could not start PostgreSQL $version (log: /var/log/postgresql/postgresql-$version-main.log)"
+  start_debian_cluster "$(debian_cluster)"
 fi
-for ((i = 0; i < 300; i++)); do
-  pg_isready -q -h 127.0.0.1 -p 5432 && break
-  sleep 0.1
-done
-pg_isready -q -h 127.0.0.1 -p 5432 || fail "PostgreSQL does not answer on 127.0.0.1:5432"
-wal_level=$(psql "$database_url" -XAtqc 'SHOW wal_level' 2>&1) ||
-  fail "cannot connect to PostgreSQL on 127.0.0.1:5432 as DATABASE_URL says: $wal_level"
-[[ $wal_level == logical ]] ||
-  fail "PostgreSQL on 127.0.0.1:5432 runs with wal_level=$wal_level; WAL capture needs wal_level=logical (set it and restart the server)"
+wait_for_postgres
+wal_level=$(psql "$database_url" -XAtqc 'SHOW wal_level' 2>&1) || wal_level="unknown (cannot connect: $wal_level)"
+if [[ $wal_level != logical ]]; then
+  # A server that another start left with other settings: ours to change only if it is the
+  # machine's Debian cluster on this port.
+  version=$(debian_cluster)
+  if [[ -z $version ]] || ! grep -qE '^\s*port\s*=\s*5432' "/etc/postgresql/$version/main/postgresql.conf"; then
+    fail "PostgreSQL on 127.0.0.1:5432 has wal_level=$wal_level; the tests need a server that DATABASE_URL reaches with wal_level=logical"
+  fi
+  start_debian_cluster "$version"
+  wait_for_postgres
+  wal_level=$(psql "$database_url" -XAtqc 'SHOW wal_level' 2>&1) ||
+    fail "cannot connect to PostgreSQL on 127.0.0.1:5432 as DATABASE_URL says: $wal_level"
+  [[ $wal_level == logical ]] || fail "PostgreSQL still runs with wal_level=$wal_level after a restart"
+fi
 log "PostgreSQL answers on 127.0.0.1:5432 (wal_level=logical)"
 
 start_single

@@ -251,9 +251,7 @@ impl Receiver {
         let mut config = kafka.clone();
         config
             .set("group.id", format!("bench-{}", Uuid::now_v7().simple()))
-            .set("enable.auto.commit", "false")
-            // As the end-to-end tests: tansu answers long-polling fetches slowly.
-            .set("fetch.wait.max.ms", "10");
+            .set("enable.auto.commit", "false");
         let consumer: BaseConsumer = config.create()?;
         let mut assignment = TopicPartitionList::new();
         for partition in 0..partitions {

@@ -1,5 +1,5 @@
-//! `outbox-bench`: what the outbox costs, measured on real PostgreSQL and a real Kafka-protocol
-//! broker, as ratios against baselines measured in the same run.
+//! `outbox-bench`: what the outbox costs, measured on real PostgreSQL and Apache Kafka
+//! (`scripts/services.sh`), as ratios against baselines measured in the same run.
 //!
 //! `cargo run --release -p outbox-bench -- all` runs every part and writes a JSON file, a Markdown
 //! table and an SVG chart under `target/bench-results/`; `--quick` shrinks every size for a smoke
@@ -127,7 +127,7 @@ pub struct Options {
     #[arg(long, global = true)]
     out: Option<PathBuf>,
     /// How the broker is described in the report.
-    #[arg(long, global = true, default_value = "tansu 0.6 (SQLite storage)")]
+    #[arg(long, global = true, default_value = "Apache Kafka 4.1.1, one KRaft node (scripts/services.sh)")]
     broker_description: String,
 }
 

@@ -32,7 +32,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 /// (`enable.idempotence=false`, `acks` other than `all`/`-1`) are refused. Records follow the
 /// CloudEvents Kafka binding (see [`crate::record`]).
 pub struct KafkaPublisher {
-    /// Replaced after a delivery timeout or a fatal error (see [`KafkaPublisher::renew_if_needed`]).
+    /// Replaced after a fatal error (see [`KafkaPublisher::renew_after_fatal_error`]).
     producer: std::sync::RwLock<FutureProducer>,
     config: ClientConfig,
     brokers: String,
@@ -137,19 +137,17 @@ impl KafkaPublisher {
             .clone()
     }
 
-    /// Replaces the producer with a fresh one after a batch in which a delivery timed out or the
-    /// producer raised a fatal error. An idempotent producer must be recreated after a fatal error;
-    /// after a timeout librdkafka bumps the producer epoch to close the sequence gap, which some
-    /// Kafka-protocol brokers do not handle (tansu 0.6 then fails every later write), while a fresh
-    /// producer starts a new producer id. Nothing is lost: the failed messages are retried.
-    fn renew_if_needed(&self, producer: &FutureProducer, timed_out: bool) {
-        let fatal = producer.client().fatal_error();
-        if !timed_out && fatal.is_none() {
+    /// Replaces the producer with a fresh one after a batch in which it raised a fatal error: an
+    /// idempotent producer that hit one (a sequence or epoch it cannot recover from) fails every
+    /// later send until it is recreated. Nothing is lost: the failed messages are retried. (After a
+    /// delivery timeout librdkafka bumps the producer epoch itself and goes on.)
+    fn renew_after_fatal_error(&self, producer: &FutureProducer) {
+        let Some(fatal) = producer.client().fatal_error() else {
             return;
-        }
+        };
         match self.config.create::<FutureProducer>() {
             Ok(fresh) => {
-                tracing::warn!(timed_out, fatal = ?fatal, "replacing the Kafka producer");
+                tracing::warn!(?fatal, "replacing the Kafka producer after a fatal error");
                 *self
                     .producer
                     .write()
@@ -184,28 +182,19 @@ impl Publisher for KafkaPublisher {
             }
             pending.push(self.enqueue(&producer, stored).await);
         }
-        let timed_out = std::sync::atomic::AtomicBool::new(false);
-        let outcomes = join_all(pending.into_iter().map(|queued| {
-            let timed_out = &timed_out;
-            async move {
-                let future = queued?;
-                match future.await {
-                    Ok(Ok(_delivery)) => Ok(()),
-                    Ok(Err((error, _message))) => {
-                        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
-                            timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        Err(PublishError::new(classify(&error), error))
-                    }
-                    Err(_canceled) => Err(PublishError::new(
-                        PublishErrorKind::Unavailable,
-                        KafkaError::Canceled,
-                    )),
-                }
+        let outcomes = join_all(pending.into_iter().map(|queued| async move {
+            let future = queued?;
+            match future.await {
+                Ok(Ok(_delivery)) => Ok(()),
+                Ok(Err((error, _message))) => Err(PublishError::new(classify(&error), error)),
+                Err(_canceled) => Err(PublishError::new(
+                    PublishErrorKind::Unavailable,
+                    KafkaError::Canceled,
+                )),
             }
         }))
         .await;
-        self.renew_if_needed(&producer, timed_out.into_inner());
+        self.renew_after_fatal_error(&producer);
         outcomes
     }
 }

@@ -1,4 +1,4 @@
-//! End-to-end tests: real PostgreSQL (`DATABASE_URL`) and a real Kafka-protocol broker
+//! End-to-end tests: real PostgreSQL (`DATABASE_URL`) and Apache Kafka
 //! (`KAFKA_BROKERS`), both started by `scripts/services.sh`.
 
 mod admin;
