@@ -86,18 +86,22 @@ cluster_up() {
   for id in 1 2 3; do
     KAFKA_HEAP=${KAFKA_HEAP:-384m} "$kafka" start "$(cluster_node $id)"
   done
-  cluster_wait "$cluster_brokers"
+  cluster_wait "$cluster_brokers" "$cluster"/node-*
 }
 
-# Waits until every running node is registered, asking BOOTSTRAP (a restarted node's own address
-# waits for that node to have started).
+# Waits until every running node is registered, asking $1 (a restarted node's own address waits
+# for that node to have started). On failure the nodes named after $1 are killed: never a
+# half-started cluster.
 cluster_wait() {
-  local id running=()
+  local bootstrap=$1 id running=()
+  shift
   for id in 1 2 3; do
     [[ -f $(cluster_node $id)/kafka.pid ]] && running+=("$(cluster_node $id)")
   done
-  "$kafka" wait "$1" "${#running[@]}" 120 "${running[@]}" ||
+  "$kafka" wait "$bootstrap" "${#running[@]}" 120 "${running[@]}" || {
+    "$kafka" stop --kill "$@"
     fail "the cluster did not become ready (logs: $cluster/node-*/kafka.log)"
+  }
   log "Kafka cluster: ${#running[@]} of 3 nodes answer ($cluster_brokers)"
 }
 
@@ -126,7 +130,7 @@ cluster)
     check_node_id "${3:-}"
     [[ -f $(cluster_node "$3")/server.properties ]] || fail "the cluster was never started (scripts/services.sh cluster)"
     KAFKA_HEAP=${KAFKA_HEAP:-384m} "$kafka" start "$(cluster_node "$3")"
-    cluster_wait "127.0.0.1:${cluster_ports[$3 - 1]}"
+    cluster_wait "127.0.0.1:${cluster_ports[$3 - 1]}" "$(cluster_node "$3")"
     ;;
   down)
     "$kafka" stop "$cluster"/node-*

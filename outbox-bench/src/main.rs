@@ -127,7 +127,11 @@ pub struct Options {
     #[arg(long, global = true)]
     out: Option<PathBuf>,
     /// How the broker is described in the report.
-    #[arg(long, global = true, default_value = "Apache Kafka 4.1.1, one KRaft node (scripts/services.sh)")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "Apache Kafka 4.1.1, one KRaft node (scripts/services.sh)"
+    )]
     broker_description: String,
 }
 
