@@ -30,7 +30,9 @@ fail() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# One caller at a time: a second one waits for the first instead of starting anything twice.
+# One caller at a time: a second one waits for the first instead of starting anything twice. Every
+# command that may leave a server running gets `9>&-`: a server holding fd 9 would hold the lock
+# for as long as it runs.
 exec 9>"$state/services.lock"
 flock 9
 
@@ -39,7 +41,7 @@ if [[ ${1:-} != stop ]] && { ! command -v java >/dev/null 2>&1 || ! command -v m
   if [[ -z ${JAVA_HOME:-} ]] && command -v apt-get >/dev/null 2>&1; then
     log "installing a JDK and Maven (Debian packages) for Kafka"
     export DEBIAN_FRONTEND=noninteractive
-    { apt-get update -qq && apt-get install -y -qq default-jdk-headless maven; } >&2 ||
+    { apt-get update -qq && apt-get install -y -qq default-jdk-headless maven; } >&2 9>&- ||
       fail "installing Debian's default-jdk-headless and maven packages with apt-get failed"
   fi
 fi
@@ -161,7 +163,7 @@ start_debian_cluster() {
   # The package's installation may have started the server already (with the old settings).
   pg_ctlcluster --skip-systemctl-redirect "$version" main status >/dev/null 2>&1 && action=restart
   log "PostgreSQL $version: $action"
-  pg_ctlcluster --skip-systemctl-redirect "$version" main "$action" >&2 ||
+  pg_ctlcluster --skip-systemctl-redirect "$version" main "$action" >&2 9>&- ||
     fail "could not $action PostgreSQL $version (log: /var/log/postgresql/postgresql-$version-main.log)"
 }
 
@@ -178,7 +180,7 @@ if ! port_open 5432; then
   if [[ -z $(debian_cluster) ]] || [[ ! -d /etc/postgresql/$(debian_cluster)/main ]]; then
     log "installing PostgreSQL (Debian package)"
     export DEBIAN_FRONTEND=noninteractive
-    { apt-get update -qq && apt-get install -y -qq postgresql; } >&2 ||
+    { apt-get update -qq && apt-get install -y -qq postgresql; } >&2 9>&- ||
       fail "installing Debian's postgresql package with apt-get failed"
   fi
   start_debian_cluster "$(debian_cluster)"
