@@ -92,14 +92,15 @@ fetch() {
 
 # --- one node -------------------------------------------------------------------------------------
 node_pid() { # DIR: the pid of the node's JVM, if it runs
-  local pid
-  [[ -f $1/kafka.pid ]] || return 1
-  pid=$(cat "$1/kafka.pid")
+  local dir pid
+  dir=$(cd "$1" 2>/dev/null && pwd) || return 1
+  [[ -f $dir/kafka.pid ]] || return 1
+  pid=$(cat "$dir/kafka.pid")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
-  # Only our node: the JVM, whose command line names this node's server.properties, or this
-  # script an instant before it becomes that JVM.
+  # Only our node: the JVM, whose command line names this node's server.properties (by its
+  # absolute path), or this script an instant before it becomes that JVM.
   tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
-    grep -qE -- "kafka\.Kafka $1/server\.properties|kafka\.sh run $1( |\$)" || return 1
+    grep -qE -- "kafka\.Kafka $dir/server\.properties|kafka\.sh run $dir( |\$)" || return 1
   echo "$pid"
 }
 

@@ -93,18 +93,12 @@ impl TestDb {
 
     /// Messages still in the outbox.
     pub async fn outbox_count(&self) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&self.pool)
-            .await?)
+        keyed::outbox_count(&self.pool).await
     }
 
     /// Messages in the dead-letter table.
     pub async fn dead_letter_count(&self) -> anyhow::Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT count(*) FROM outbox_dead_letters")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        keyed::dead_letter_count(&self.pool).await
     }
 
     /// Waits until at most `left` messages wait in the outbox; returns how many do.

@@ -54,51 +54,76 @@ impl Drop for ScratchDir {
     }
 }
 
-/// Runs a command to completion; fails with its output unless it succeeded.
+/// Runs a command to completion; returns its standard output, or fails with all of its output
+/// unless it succeeded.
 fn run(command: &mut Command, what: &str) -> anyhow::Result<String> {
     let output = command
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("{what}: cannot run {command:?}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if !output.status.success() {
-        bail!("{what} failed ({}): {command:?}\n{text}", output.status);
-    }
-    Ok(text)
-}
-
-/// `scripts/kafka.sh`: the one place that knows how to run an Apache Kafka node.
-fn kafka_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh")
-}
-
-/// Runs `scripts/kafka.sh` with `args` to completion; fails with its output unless it succeeded.
-async fn kafka_sh(args: &[&str], heap: &str, what: &str) -> anyhow::Result<String> {
-    let output = tokio::process::Command::new("bash")
-        .arg(kafka_script())
-        .args(args)
-        .env("KAFKA_HEAP", heap)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .with_context(|| format!("{what}: cannot run scripts/kafka.sh"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
         bail!(
-            "{what} failed ({}): scripts/kafka.sh {args:?}\n{text}",
-            output.status
+            "{what} failed ({}): {command:?}\n{stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(text)
+    Ok(stdout)
 }
+
+/// `bash scripts/kafka.sh ARGS`: the one place that knows how to run an Apache Kafka node.
+fn kafka_command<'a>(args: impl IntoIterator<Item = &'a str>) -> Command {
+    let mut command = Command::new("bash");
+    command
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh"))
+        .args(args);
+    command
+}
+
+/// Runs `command` with [`run`] off the async runtime.
+async fn run_blocking(mut command: Command, what: &'static str) -> anyhow::Result<String> {
+    tokio::task::spawn_blocking(move || run(&mut command, what)).await?
+}
+
+/// `kafka.sh stop [--kill] DIR...`: every node signalled first, then all waited for.
+fn stop_command(nodes: &[&KafkaNode], kill: bool) -> Command {
+    let flag = kill.then_some("--kill");
+    kafka_command(
+        ["stop"]
+            .into_iter()
+            .chain(flag)
+            .chain(nodes.iter().map(|node| node.dir())),
+    )
+}
+
+/// SIGTERM (a controlled shutdown; SIGKILL after 30 s) or, with `kill`, SIGKILL to `nodes` at
+/// once, and waits until all of them exited.
+async fn stop_nodes(nodes: &[&KafkaNode], kill: bool) -> anyhow::Result<()> {
+    run_blocking(stop_command(nodes, kill), "stopping Kafka nodes").await?;
+    Ok(())
+}
+
+/// Starts `nodes` (each on its own port and data) and waits until all of them answer, asking each
+/// at its own address, and every other running node of `all` is registered.
+async fn start_nodes(nodes: &[&KafkaNode], all: &[KafkaNode]) -> anyhow::Result<()> {
+    for node in nodes {
+        let mut start = kafka_command(["start", node.dir()]);
+        start.env("KAFKA_HEAP", KAFKA_HEAP);
+        run_blocking(start, "starting a Kafka node").await?;
+    }
+    let bootstrap = bootstrap_of(nodes);
+    let running: Vec<&KafkaNode> = all.iter().filter(|node| node.is_running()).collect();
+    let count = running.len().to_string();
+    let wait = ["wait", &bootstrap, &count, "120"]
+        .into_iter()
+        .chain(running.iter().map(|node| node.dir()));
+    run_blocking(kafka_command(wait), "waiting for Kafka").await?;
+    Ok(())
+}
+
+/// The heap of every node a test starts.
+const KAFKA_HEAP: &str = "384m";
 
 /// One Apache Kafka node (KRaft, broker and controller in one process) in a directory of its own.
 #[derive(Debug)]
@@ -106,28 +131,11 @@ struct KafkaNode {
     id: u32,
     port: u16,
     dir: PathBuf,
-    heap: &'static str,
 }
 
 impl KafkaNode {
     fn dir(&self) -> &str {
         self.dir.to_str().unwrap_or_default()
-    }
-
-    async fn start(&self) -> anyhow::Result<()> {
-        kafka_sh(&["start", self.dir()], self.heap, "starting a Kafka node").await?;
-        Ok(())
-    }
-
-    /// SIGTERM (a controlled shutdown), or SIGKILL with `kill`; waits until the process is gone.
-    async fn stop(&self, kill: bool) -> anyhow::Result<()> {
-        let mut args = vec!["stop"];
-        if kill {
-            args.push("--kill");
-        }
-        args.push(self.dir());
-        kafka_sh(&args, self.heap, "stopping a Kafka node").await?;
-        Ok(())
     }
 
     fn is_running(&self) -> bool {
@@ -140,28 +148,13 @@ impl KafkaNode {
     fn log(&self) -> PathBuf {
         self.dir.join("kafka.log")
     }
-
-    /// SIGKILL without waiting, for `Drop`.
-    fn kill_now(&self) {
-        let _ = Command::new("bash")
-            .arg(kafka_script())
-            .args(["stop", "--kill", self.dir()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 /// Creates `count` nodes of one fresh cluster on free ports under `root`, formatted, not started.
-async fn init_nodes(root: &Path, count: u32, heap: &'static str) -> anyhow::Result<Vec<KafkaNode>> {
-    let cluster_id = kafka_sh(&["cluster-id"], heap, "making a Kafka cluster id").await?;
-    let cluster_id = cluster_id
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+async fn init_nodes(root: &Path, count: u32) -> anyhow::Result<Vec<KafkaNode>> {
+    let cluster_id =
+        run_blocking(kafka_command(["cluster-id"]), "making a Kafka cluster id").await?;
+    let cluster_id = cluster_id.trim().to_owned();
     let mut ports = Vec::new();
     for _ in 0..count {
         ports.push((free_port()?, free_port()?));
@@ -179,36 +172,21 @@ async fn init_nodes(root: &Path, count: u32, heap: &'static str) -> anyhow::Resu
             id,
             port,
             dir: root.join(format!("node-{id}")),
-            heap,
         };
-        kafka_sh(
-            &[
-                "init",
-                node.dir(),
-                &id.to_string(),
-                &port.to_string(),
-                &controller.to_string(),
-                &voters,
-                &cluster_id,
-                &replication,
-            ],
-            heap,
-            "formatting a Kafka node",
-        )
-        .await?;
+        let init = kafka_command([
+            "init",
+            node.dir(),
+            &id.to_string(),
+            &port.to_string(),
+            &controller.to_string(),
+            &voters,
+            &cluster_id,
+            &replication,
+        ]);
+        run_blocking(init, "formatting a Kafka node").await?;
         nodes.push(node);
     }
     Ok(nodes)
-}
-
-/// Waits until all of `running` are registered, asking `ask` (a node's own address waits for it).
-async fn wait_ready(ask: &[&KafkaNode], running: &[&KafkaNode]) -> anyhow::Result<()> {
-    let bootstrap = bootstrap_of(ask);
-    let count = running.len().to_string();
-    let mut args = vec!["wait", &bootstrap, &count, "120"];
-    args.extend(running.iter().map(|node| node.dir()));
-    kafka_sh(&args, "128m", "waiting for Kafka").await?;
-    Ok(())
 }
 
 fn bootstrap_of(nodes: &[&KafkaNode]) -> String {
@@ -217,6 +195,11 @@ fn bootstrap_of(nodes: &[&KafkaNode]) -> String {
         .map(|node| format!("127.0.0.1:{}", node.port))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// SIGKILL to `nodes` without a runtime, for `Drop`.
+fn kill_now(nodes: &[&KafkaNode]) {
+    let _ = run(&mut stop_command(nodes, true), "killing Kafka nodes");
 }
 
 /// An Apache Kafka broker of the test's own (one KRaft node on free ports, its data in a directory
@@ -233,7 +216,7 @@ impl PrivateBroker {
     /// Starts a broker and waits until it answers a cluster-metadata request.
     pub async fn start() -> anyhow::Result<Self> {
         let dir = ScratchDir::new("outbox-kafka")?;
-        let mut nodes = init_nodes(&dir.0, 1, "384m").await?;
+        let mut nodes = init_nodes(&dir.0, 1).await?;
         let node = nodes.pop().context("no node was made")?;
         let mut broker = Self { node, _dir: dir };
         broker.start_again().await?;
@@ -260,8 +243,7 @@ impl PrivateBroker {
         if self.node.is_running() {
             bail!("the private broker is already running");
         }
-        self.node.start().await?;
-        wait_ready(&[&self.node], &[&self.node]).await
+        start_nodes(&[&self.node], std::slice::from_ref(&self.node)).await
     }
 
     /// Stops the broker (SIGTERM: a controlled shutdown; SIGKILL after 30 s) and waits until it
@@ -270,13 +252,13 @@ impl PrivateBroker {
         if !self.node.is_running() {
             bail!("the private broker is not running");
         }
-        self.node.stop(false).await
+        stop_nodes(&[&self.node], false).await
     }
 }
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        self.node.kill_now();
+        kill_now(&[&self.node]);
     }
 }
 
@@ -301,87 +283,76 @@ impl PrivateCluster {
     pub async fn start() -> anyhow::Result<Self> {
         let guard = ONE_CLUSTER_AT_A_TIME.lock().await;
         let dir = ScratchDir::new("outbox-kafka-cluster")?;
-        let nodes = init_nodes(&dir.0, 3, "384m").await?;
         let cluster = Self {
-            nodes,
+            nodes: init_nodes(&dir.0, 3).await?,
             _one_at_a_time: guard,
             _dir: dir,
         };
-        for node in &cluster.nodes {
-            node.start().await?;
-        }
-        let all: Vec<&KafkaNode> = cluster.nodes.iter().collect();
-        wait_ready(&all, &all).await?;
+        cluster.start_all().await?;
         Ok(cluster)
     }
 
     /// Bootstrap servers: every node.
     pub fn brokers(&self) -> String {
-        bootstrap_of(&self.nodes.iter().collect::<Vec<_>>())
+        bootstrap_of(&self.all())
     }
 
-    fn node(&self, id: u32) -> anyhow::Result<&KafkaNode> {
-        self.nodes
-            .iter()
-            .find(|node| node.id == id)
-            .with_context(|| format!("the cluster has no node {id} (1, 2, 3)"))
+    fn all(&self) -> Vec<&KafkaNode> {
+        self.nodes.iter().collect()
+    }
+
+    fn nodes(&self, ids: &[u32]) -> anyhow::Result<Vec<&KafkaNode>> {
+        ids.iter()
+            .map(|&id| {
+                self.nodes
+                    .iter()
+                    .find(|node| node.id == id)
+                    .with_context(|| format!("the cluster has no node {id} (1, 2, 3)"))
+            })
+            .collect()
     }
 
     /// The log of node `id`.
     pub fn log(&self, id: u32) -> anyhow::Result<PathBuf> {
-        Ok(self.node(id)?.log())
+        Ok(self.nodes(&[id])?[0].log())
     }
 
     /// SIGKILL to node `id`: no controlled shutdown, no chance to hand leadership over.
     pub async fn kill(&self, id: u32) -> anyhow::Result<()> {
-        self.node(id)?.stop(true).await
+        stop_nodes(&self.nodes(&[id])?, true).await
     }
 
     /// SIGTERM to node `id` (a controlled shutdown) and waits until it exited.
     pub async fn stop(&self, id: u32) -> anyhow::Result<()> {
-        self.node(id)?.stop(false).await
+        self.stop_nodes(&[id]).await
     }
 
     /// SIGTERM to the nodes `ids` at once (none waits for a quorum the others left) and waits
     /// until all of them exited.
     pub async fn stop_nodes(&self, ids: &[u32]) -> anyhow::Result<()> {
-        let mut args = vec!["stop"];
-        for &id in ids {
-            args.push(self.node(id)?.dir());
-        }
-        kafka_sh(&args, "128m", "stopping cluster nodes").await?;
-        Ok(())
+        stop_nodes(&self.nodes(ids)?, false).await
     }
 
     /// SIGTERM to every node at once, and waits until all of them exited.
     pub async fn stop_all(&self) -> anyhow::Result<()> {
-        self.stop_nodes(&[1, 2, 3]).await
+        stop_nodes(&self.all(), false).await
     }
 
     /// Starts node `id` again (same port, same data) and waits until it answers itself and every
     /// running node is registered.
     pub async fn start_node(&self, id: u32) -> anyhow::Result<()> {
-        let node = self.node(id)?;
-        node.start().await?;
-        let running: Vec<&KafkaNode> = self.nodes.iter().filter(|n| n.is_running()).collect();
-        wait_ready(&[node], &running).await
+        start_nodes(&self.nodes(&[id])?, &self.nodes).await
     }
 
     /// Starts every stopped node and waits until all three are registered.
     pub async fn start_all(&self) -> anyhow::Result<()> {
-        for node in &self.nodes {
-            node.start().await?;
-        }
-        let all: Vec<&KafkaNode> = self.nodes.iter().collect();
-        wait_ready(&all, &all).await
+        start_nodes(&self.all(), &self.nodes).await
     }
 }
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
-        for node in &self.nodes {
-            node.kill_now();
-        }
+        kill_now(&self.all());
     }
 }
 
