@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
         PgRelayStore::new(pool.clone(), PgRelayStoreConfig::default()),
         KafkaPublisher::new(&kafka)?,
         RelayConfig::default(),
-    );
+    )?;
     let relay_task = tokio::spawn({
         let stop = stop_relay.clone();
         async move { relay.run(stop).await }

@@ -5,10 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outbox_core::{Fence, PublishError, Publisher, RelayStore, Settlement, StoredMessage};
+use futures::FutureExt;
+use outbox_core::{
+    Acknowledgements, ClaimRequest, Fence, LaneStore, Lease, Publisher, Settled, Settlement,
+    StoredMessage, WakeUps, Window,
+};
 use uuid::Uuid;
 
-/// A [`RelayStore`] that counts the messages whose publication was settled (deleted).
+/// A store that counts the messages whose publication was settled (deleted).
 #[derive(Debug)]
 pub struct CountingStore<S> {
     inner: Arc<S>,
@@ -22,34 +26,30 @@ impl<S> CountingStore<S> {
     }
 }
 
-impl<S: RelayStore> RelayStore for CountingStore<S> {
+impl<S: LaneStore> LaneStore for CountingStore<S> {
     type Error = S::Error;
 
-    async fn claim(&self, limit: usize) -> Result<Vec<StoredMessage>, Self::Error> {
-        self.inner.claim(limit).await
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<Window>, Self::Error> {
+        self.inner.claim(request).await
     }
 
-    async fn claim_after(
-        &self,
-        limit: usize,
-        in_flight: &[i64],
-    ) -> Result<Vec<StoredMessage>, Self::Error> {
-        self.inner.claim_after(limit, in_flight).await
-    }
-
-    async fn settle(&self, settlement: &Settlement) -> Result<u64, Self::Error> {
-        let changed = self.inner.settle(settlement).await?;
+    async fn settle(&self, settlement: &Settlement) -> Result<Settled, Self::Error> {
+        let settled = self.inner.settle(settlement).await?;
         self.settled
-            .fetch_add(settlement.published.len() as u64, Ordering::Relaxed);
-        Ok(changed)
+            .fetch_add(settled.published.len() as u64, Ordering::Relaxed);
+        Ok(settled)
     }
+}
 
+impl<S: WakeUps> WakeUps for CountingStore<S> {
     async fn wait_for_work(&self, max_wait: Duration) {
         self.inner.wait_for_work(max_wait).await;
     }
+}
 
-    fn fence(&self) -> Fence {
-        self.inner.fence()
+impl<S: Lease> Lease for CountingStore<S> {
+    fn lease(&self) -> Option<Duration> {
+        self.inner.lease()
     }
 
     async fn close(&self) {
@@ -69,9 +69,9 @@ pub fn drain_clock(clock: &Clock) -> Vec<(Uuid, Instant)> {
     )
 }
 
-/// A [`Publisher`] that records when the broker acknowledged each message: when the engine's
-/// `publish` returns, that is, when the last acknowledgement of the batch arrived (an upper bound
-/// for each message of the batch; batches are small at fixed loads).
+/// A [`Publisher`] that records when the broker acknowledged each message: when the
+/// acknowledgements of its window are all in (an upper bound for each message of the window;
+/// windows are small at fixed loads).
 #[derive(Debug)]
 pub struct AckClock<P> {
     inner: P,
@@ -86,22 +86,27 @@ impl<P> AckClock<P> {
 }
 
 impl<P: Publisher> Publisher for AckClock<P> {
-    async fn publish(
-        &self,
-        batch: &[StoredMessage],
-        fence: &Fence,
-    ) -> Vec<Result<(), PublishError>> {
-        let outcomes = self.inner.publish(batch, fence).await;
-        let now = Instant::now();
-        let mut acks = self
-            .acks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (stored, outcome) in batch.iter().zip(&outcomes) {
-            if outcome.is_ok() {
-                acks.push((stored.message.id, now));
+    async fn send(&self, messages: &[StoredMessage], fence: &Fence) -> Acknowledgements {
+        let pending = self.inner.send(messages, fence).await;
+        let ids: Vec<Uuid> = messages.iter().map(|m| m.message.id).collect();
+        let clock = self.acks.clone();
+        async move {
+            let outcomes = pending.await;
+            let now = Instant::now();
+            let mut acks = clock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (id, outcome) in ids.into_iter().zip(&outcomes) {
+                if outcome.is_ok() {
+                    acks.push((id, now));
+                }
             }
+            outcomes
         }
-        outcomes
+        .boxed()
+    }
+
+    fn send_timeout(&self) -> Option<Duration> {
+        self.inner.send_timeout()
     }
 }

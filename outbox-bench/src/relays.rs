@@ -51,7 +51,7 @@ impl RunningRelay {
             CountingStore::new(store.clone(), settled.clone()),
             AckClock::new(KafkaPublisher::new(&bench.kafka)?, acks.clone()),
             config,
-        );
+        )?;
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move { relay.run(token).await });

@@ -47,8 +47,12 @@ pub use error::{BoxError, Error};
 pub use fence::Fence;
 pub use inbox::Inbox;
 pub use message::{Message, MessageBuilder};
+pub use publisher::Acknowledgements;
 pub use publisher::{PublishError, PublishErrorKind, Publisher};
 pub use relay::{Relay, RelayConfig, RelayStats};
 pub use retry::RetryPolicy;
-pub use store::{DeadLetter, RelayStore, Retry, Settlement, StoredMessage};
+pub use store::{
+    ClaimRequest, DeadLetter, Lane, LaneStore, Lease, RelayStore, Retry, Settled, Settlement,
+    StoredMessage, WakeUps, Window,
+};
 pub use tokio_util::sync::CancellationToken;

@@ -12,7 +12,7 @@ use metrics::{
 };
 
 use crate::publisher::PublishErrorKind;
-use crate::store::{Settlement, StoredMessage};
+use crate::store::{Settled, StoredMessage};
 
 /// Counter, label `topic`: messages acknowledged by the broker and settled.
 pub const PUBLISHED: &str = "outbox_messages_published_total";
@@ -22,10 +22,10 @@ pub const FAILED: &str = "outbox_messages_failed_total";
 pub const DEAD_LETTERED: &str = "outbox_messages_dead_lettered_total";
 /// Histogram, seconds: from a message's creation (in the writer's transaction) to its acknowledgement.
 pub const PUBLISH_LATENCY: &str = "outbox_publish_latency_seconds";
-/// Histogram: messages per published batch.
-pub const BATCH_SIZE: &str = "outbox_batch_size";
-/// Counter: batches given up (shutdown grace elapsed, lease lost, settlement not written).
-pub const ABANDONED_BATCHES: &str = "outbox_batches_abandoned_total";
+/// Histogram: messages per published lane window.
+pub const WINDOW_SIZE: &str = "outbox_window_size";
+/// Counter: lane windows given up (shutdown grace elapsed, lease lost, settlement not written).
+pub const ABANDONED_WINDOWS: &str = "outbox_windows_abandoned_total";
 /// Counter, label `operation`: failed database operations of the relay (`claim`, `settle`, ...).
 pub const DATABASE_ERRORS: &str = "outbox_database_errors_total";
 /// Gauge: lanes this relay owns.
@@ -54,10 +54,14 @@ pub fn describe() {
         Unit::Seconds,
         "From a message's creation in the writer's transaction to the broker's acknowledgement."
     );
-    describe_histogram!(BATCH_SIZE, Unit::Count, "Messages per published batch.");
+    describe_histogram!(
+        WINDOW_SIZE,
+        Unit::Count,
+        "Messages per published lane window."
+    );
     describe_counter!(
-        ABANDONED_BATCHES,
-        "Batches given up (shutdown grace elapsed, lease lost, settlement not written); their messages are published again."
+        ABANDONED_WINDOWS,
+        "Lane windows given up (shutdown grace elapsed, lease lost, settlement not written); their messages are published again."
     );
     describe_counter!(DATABASE_ERRORS, "Failed database operations of the relay.");
     describe_gauge!(LANES_OWNED, Unit::Count, "Lanes this relay owns.");
@@ -88,11 +92,11 @@ pub fn kind_label(kind: PublishErrorKind) -> &'static str {
     }
 }
 
-/// Counts a batch's outcome once it is written back: published and dead-lettered messages per
+/// Counts what a settlement wrote: published and dead-lettered messages per
 /// topic (one counter update per topic, not per message) and each published message's latency.
-pub(crate) fn settled(batch: &[StoredMessage], settlement: &Settlement) {
-    let published: HashSet<i64> = settlement.published.iter().copied().collect();
-    let dead_lettered: HashSet<i64> = settlement.dead_letters.iter().map(|d| d.seq).collect();
+pub(crate) fn settled<'a>(batch: impl IntoIterator<Item = &'a StoredMessage>, settled: &Settled) {
+    let published: HashSet<i64> = settled.published.iter().copied().collect();
+    let dead_lettered: HashSet<i64> = settled.dead_lettered.iter().copied().collect();
     let now = Utc::now();
     let latency = histogram!(PUBLISH_LATENCY);
     let mut per_topic: BTreeMap<(&str, &'static str), u64> = BTreeMap::new();
@@ -119,11 +123,11 @@ pub(crate) fn failed(topic: &str, kind: PublishErrorKind) {
 }
 
 pub(crate) fn batch(messages: usize) {
-    histogram!(BATCH_SIZE).record(messages as f64);
+    histogram!(WINDOW_SIZE).record(messages as f64);
 }
 
 pub(crate) fn abandoned() {
-    counter!(ABANDONED_BATCHES).increment(1);
+    counter!(ABANDONED_WINDOWS).increment(1);
 }
 
 /// Counts a failed database operation.

@@ -1,6 +1,9 @@
 //! The publishing side: the broker the relay hands messages to.
 
 use std::future::Future;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use crate::error::BoxError;
 use crate::fence::Fence;
@@ -79,21 +82,42 @@ impl PublishError {
     }
 }
 
+/// The broker's answers to messages already handed over: one outcome per message, in their order.
+/// Owns everything it needs, so that several can be pending while the relay goes on.
+pub type Acknowledgements = BoxFuture<'static, Vec<Result<(), PublishError>>>;
+
 /// Sends messages to the broker.
 ///
-/// Implementations send the whole batch at once (they must not wait for one acknowledgement before
-/// sending the next message) and keep the batch's order per key: a message's successors with the same
-/// key are never acknowledged ahead of it unless it failed.
+/// Handing over and acknowledgement are separate steps, so that the relay can hand over the next
+/// window while the broker is still acknowledging earlier ones. Implementations keep the order of
+/// what they were handed per key: a message's successors with the same key are never acknowledged
+/// ahead of it unless it failed.
 pub trait Publisher: Send + Sync {
-    /// Publishes `batch` and waits until the broker acknowledged or refused every message. Returns one
-    /// outcome per message, in the batch's order.
+    /// Hands `messages` to the broker client in order, without waiting for any acknowledgement, and
+    /// returns once every message is handed over or refused, with the acknowledgements to come.
     ///
-    /// Before handing each message to the broker the publisher checks `fence`; once it has expired
-    /// (this relay may have lost its lanes) the remaining messages are not sent and come back as
-    /// [`PublishErrorKind::Fenced`].
+    /// Before handing each message over the publisher checks `fence`; once it has expired (this
+    /// relay may have lost the lane) that message and every later one are not sent and come back as
+    /// [`PublishErrorKind::Fenced`], also when the fence is seen expired while waiting for room in
+    /// the client's queue.
+    fn send(
+        &self,
+        messages: &[StoredMessage],
+        fence: &Fence,
+    ) -> impl Future<Output = Acknowledgements> + Send;
+
+    /// Hands `messages` over and waits for every acknowledgement.
     fn publish(
         &self,
-        batch: &[StoredMessage],
+        messages: &[StoredMessage],
         fence: &Fence,
-    ) -> impl Future<Output = Vec<Result<(), PublishError>>> + Send;
+    ) -> impl Future<Output = Vec<Result<(), PublishError>>> + Send {
+        async move { self.send(messages, fence).await.await }
+    }
+
+    /// The longest a handed-over message can take until the broker acknowledged or refused it;
+    /// `None` when unbounded. [`crate::Relay::new`] checks it against the store's lease.
+    fn send_timeout(&self) -> Option<Duration> {
+        None
+    }
 }

@@ -1,19 +1,31 @@
 //! In-memory doubles of the store and the publisher, for tests of code built on the relay engine.
 //!
-//! They keep the contract of the real adapters that matters to the engine: the store hands out due
-//! messages in `seq` order and holds back every message whose key waits for a retry; the publisher
-//! records what it acknowledged, in order, and fails the messages a test script tells it to.
+//! They keep the contract of the real adapters that matters to the engine. The store numbers
+//! messages in enqueue order, maps each key to a lane as the PostgreSQL store does, hands out lane
+//! windows only from idle lanes it owns, holds back a topic in a lane while its oldest message waits
+//! for a retry, drains the lanes it gives up, and forgets the windows of a session whose lease it
+//! lost. It also checks the engine: a second window of a lane, or a settlement naming a message that
+//! is not in a window of the current session, is recorded as a [violation](MemoryStore::violations).
+//! The publisher records what it acknowledged, in order, fails the messages a script tells it to,
+//! and never acknowledges a message after an earlier one of the same topic and key in the same
+//! hand-over failed.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use chrono::Utc;
+use futures::FutureExt;
+use tokio::time::Instant;
 
 use crate::fence::Fence;
+use crate::lane::slot_for;
 use crate::message::Message;
-use crate::publisher::{PublishError, PublishErrorKind, Publisher};
-use crate::store::{DeadLetter, RelayStore, Settlement, StoredMessage};
+use crate::publisher::{Acknowledgements, PublishError, PublishErrorKind, Publisher};
+use crate::store::{
+    ClaimRequest, DeadLetter, Lane, LaneStore, Lease, Settled, Settlement, StoredMessage, WakeUps,
+    Window,
+};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -21,20 +33,43 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// An outbox held in memory.
-#[derive(Debug, Clone, Default)]
+/// An outbox held in memory. Clones share it.
+#[derive(Debug, Clone)]
 pub struct MemoryStore {
     inner: Arc<Mutex<StoreState>>,
     wake: Arc<tokio::sync::Notify>,
-    fence: Fence,
 }
 
-#[derive(Debug, Default)]
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_lanes(8)
+    }
+}
+
+#[derive(Debug)]
+struct Row {
+    stored: StoredMessage,
+    lane: Lane,
+    not_before: Option<Instant>,
+}
+
+#[derive(Debug)]
 struct StoreState {
+    lanes: u32,
     next_seq: i64,
-    rows: Vec<(StoredMessage, Option<chrono::DateTime<Utc>>)>,
+    rows: Vec<Row>,
     dead_letters: Vec<(StoredMessage, DeadLetter)>,
+    owned: BTreeSet<Lane>,
+    draining: BTreeSet<Lane>,
+    token: u64,
+    fence: Fence,
+    /// The current session's windows not yet settled, by lane.
+    outstanding: BTreeMap<Lane, BTreeSet<i64>>,
+    lease: Option<Duration>,
     failing_settles: u32,
+    failing_claims: u32,
+    claims: usize,
+    violations: Vec<String>,
 }
 
 /// A store failure injected by a test.
@@ -43,9 +78,40 @@ struct StoreState {
 pub struct InjectedFailure;
 
 impl MemoryStore {
-    /// An empty outbox.
+    /// An empty outbox of 8 lanes, all owned by the relay.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty outbox of `lanes` lanes (at least 1), all owned by the relay.
+    pub fn with_lanes(lanes: u32) -> Self {
+        let lanes = lanes.max(1);
+        Self {
+            inner: Arc::new(Mutex::new(StoreState {
+                lanes,
+                next_seq: 0,
+                rows: Vec::new(),
+                dead_letters: Vec::new(),
+                owned: (0..lanes).collect(),
+                draining: BTreeSet::new(),
+                token: 1,
+                fence: Fence::unbounded(),
+                outstanding: BTreeMap::new(),
+                lease: None,
+                failing_settles: 0,
+                failing_claims: 0,
+                claims: 0,
+                violations: Vec::new(),
+            })),
+            wake: Arc::default(),
+        }
+    }
+
+    /// Reports `lease` as the store's lease (the double never ends a session by itself).
+    #[must_use]
+    pub fn with_lease(self, lease: Duration) -> Self {
+        lock(&self.inner).lease = Some(lease);
+        self
     }
 
     /// Appends messages, as a committed transaction would, and wakes the relay.
@@ -54,25 +120,27 @@ impl MemoryStore {
         for message in messages {
             state.next_seq += 1;
             let seq = state.next_seq;
-            state.rows.push((
-                StoredMessage {
+            let lane = slot_for(message.key.as_deref(), &message.id) % state.lanes;
+            state.rows.push(Row {
+                stored: StoredMessage {
                     seq,
                     attempts: 0,
                     message,
                 },
-                None,
-            ));
+                lane,
+                not_before: None,
+            });
         }
         drop(state);
         self.wake.notify_one();
     }
 
-    /// Messages still waiting in the outbox.
+    /// Messages still waiting in the outbox, in `seq` order.
     pub fn pending(&self) -> Vec<StoredMessage> {
         lock(&self.inner)
             .rows
             .iter()
-            .map(|(row, _)| row.clone())
+            .map(|row| row.stored.clone())
             .collect()
     }
 
@@ -81,109 +149,272 @@ impl MemoryStore {
         lock(&self.inner).dead_letters.clone()
     }
 
-    /// The store's lease fence (never expires unless a test expires it).
-    pub fn fence(&self) -> Fence {
-        self.fence.clone()
+    /// The lane `message` belongs to in this store.
+    pub fn lane_of(&self, message: &Message) -> Lane {
+        slot_for(message.key.as_deref(), &message.id) % lock(&self.inner).lanes
     }
 
-    /// Due messages in order; with `in_flight`, none of those, and no key that has a message
-    /// waiting for a retry.
-    fn due(&self, limit: usize, in_flight: Option<&[i64]>) -> Vec<StoredMessage> {
-        let state = lock(&self.inner);
-        let now = Utc::now();
-        let mut blocked: HashSet<Option<Vec<u8>>> = HashSet::new();
-        let mut batch = Vec::new();
-        for (row, not_before) in &state.rows {
-            let key = row.message.key.clone();
-            if blocked.contains(&key) {
-                continue;
-            }
-            let retrying = match in_flight {
-                Some(_) => not_before.is_some(),
-                None => not_before.is_some_and(|at| at > now),
-            };
-            if retrying {
-                blocked.insert(key);
-                continue;
-            }
-            if in_flight.is_some_and(|in_flight| in_flight.contains(&row.seq)) {
-                continue;
-            }
-            batch.push(row.clone());
-            if batch.len() == limit {
-                break;
+    /// The fence of the current session.
+    pub fn fence(&self) -> Fence {
+        lock(&self.inner).fence.clone()
+    }
+
+    /// Loses the session, as when the database ends it: its fence expires, its windows can no
+    /// longer be settled, and a new session (with the same lanes) starts.
+    pub fn lose_lease(&self) {
+        lock(&self.inner).lose_lease();
+    }
+
+    /// Gives `lanes` up, as a rebalance does: they are claimed no more and released once no window
+    /// of theirs is in flight.
+    pub fn give_up(&self, lanes: impl IntoIterator<Item = Lane>) {
+        let mut state = lock(&self.inner);
+        for lane in lanes {
+            if state.owned.contains(&lane) {
+                state.draining.insert(lane);
             }
         }
-        batch
     }
 
-    /// Makes the next `count` settlements fail, as a database outage would.
+    /// Takes `lanes` (back): claims include them again once any drain of theirs is over.
+    pub fn take(&self, lanes: impl IntoIterator<Item = Lane>) {
+        let mut state = lock(&self.inner);
+        for lane in lanes {
+            if lane < state.lanes && !state.draining.contains(&lane) {
+                state.owned.insert(lane);
+            }
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// The lanes owned now (draining ones included).
+    pub fn owned(&self) -> BTreeSet<Lane> {
+        lock(&self.inner).owned.clone()
+    }
+
+    /// How many claims the relay made.
+    pub fn claims(&self) -> usize {
+        lock(&self.inner).claims
+    }
+
+    /// Every breach of the store's contract the relay committed (empty for a correct engine).
+    pub fn violations(&self) -> Vec<String> {
+        lock(&self.inner).violations.clone()
+    }
+
+    /// Makes the next `count` settlements fail and lose the session, as a dropped database
+    /// connection does.
     pub fn fail_next_settles(&self, count: u32) {
         lock(&self.inner).failing_settles = count;
     }
+
+    /// Makes the next `count` claims fail with a statement error; the session survives.
+    pub fn fail_next_claims(&self, count: u32) {
+        lock(&self.inner).failing_claims = count;
+    }
 }
 
-impl RelayStore for MemoryStore {
-    type Error = InjectedFailure;
-
-    async fn claim(&self, limit: usize) -> Result<Vec<StoredMessage>, InjectedFailure> {
-        Ok(self.due(limit, None))
+impl StoreState {
+    fn lose_lease(&mut self) {
+        self.fence.expire();
+        self.fence = Fence::unbounded();
+        self.token += 1;
+        self.outstanding.clear();
     }
 
-    async fn claim_after(
-        &self,
-        limit: usize,
-        in_flight: &[i64],
-    ) -> Result<Vec<StoredMessage>, InjectedFailure> {
-        Ok(self.due(limit, Some(in_flight)))
-    }
-
-    async fn settle(&self, settlement: &Settlement) -> Result<u64, InjectedFailure> {
-        let mut state = lock(&self.inner);
-        if state.failing_settles > 0 {
-            state.failing_settles -= 1;
-            return Err(InjectedFailure);
+    fn claim(&mut self, request: &ClaimRequest<'_>) -> Vec<Window> {
+        self.claims += 1;
+        let released: Vec<Lane> = self
+            .draining
+            .iter()
+            .filter(|lane| !request.busy.contains(lane))
+            .copied()
+            .collect();
+        for lane in released {
+            self.draining.remove(&lane);
+            self.owned.remove(&lane);
         }
-        let mut changed = 0;
-        let published: HashSet<i64> = settlement.published.iter().copied().collect();
-        let before = state.rows.len();
-        state.rows.retain(|(row, _)| !published.contains(&row.seq));
-        changed += (before - state.rows.len()) as u64;
-        for retry in &settlement.retries {
-            if let Some((row, not_before)) =
-                state.rows.iter_mut().find(|(row, _)| row.seq == retry.seq)
+        let now = Instant::now();
+        let blocked: HashSet<(&str, Lane)> = self
+            .rows
+            .iter()
+            .filter(|row| row.not_before.is_some_and(|at| at > now))
+            .map(|row| (row.stored.message.topic.as_str(), row.lane))
+            .collect();
+        let idle = |lane: &Lane| {
+            self.owned.contains(lane)
+                && !self.draining.contains(lane)
+                && !request.busy.contains(lane)
+        };
+        // Each idle lane's oldest due rows, lanes in the order of their oldest row.
+        let mut heads: Vec<Lane> = Vec::new();
+        let mut per_lane: BTreeMap<Lane, Vec<usize>> = BTreeMap::new();
+        for (index, row) in self.rows.iter().enumerate() {
+            let topic = row.stored.message.topic.as_str();
+            if !idle(&row.lane) || blocked.contains(&(topic, row.lane)) {
+                continue;
+            }
+            let rows = per_lane.entry(row.lane).or_default();
+            if rows.is_empty() {
+                heads.push(row.lane);
+            }
+            if rows.len() < request.window {
+                rows.push(index);
+            }
+        }
+        let most_lanes = self.owned.len().div_ceil(request.phases.max(1));
+        heads.truncate(most_lanes);
+        let mut chosen: Vec<usize> = heads
+            .iter()
+            .flat_map(|lane| per_lane.get(lane).cloned().unwrap_or_default())
+            .collect();
+        chosen.sort_unstable();
+        let (mut messages, mut bytes) = (0usize, 0u64);
+        let mut windows: BTreeMap<Lane, Vec<StoredMessage>> = BTreeMap::new();
+        for index in chosen {
+            let row = &self.rows[index];
+            let size = row.stored.size();
+            if messages == request.max_messages
+                || (messages > 0 && bytes + size > request.max_bytes)
             {
-                row.attempts = retry.attempts;
-                *not_before = Some(retry.not_before);
-                changed += 1;
+                break;
+            }
+            messages += 1;
+            bytes += size;
+            windows
+                .entry(row.lane)
+                .or_default()
+                .push(row.stored.clone());
+        }
+        let mut claimed = Vec::new();
+        for (lane, messages) in windows {
+            if self.outstanding.contains_key(&lane) {
+                self.violations.push(format!(
+                    "lane {lane} was claimed while a window of it was still unsettled"
+                ));
+            }
+            self.outstanding
+                .insert(lane, messages.iter().map(|m| m.seq).collect());
+            claimed.push(Window {
+                lane,
+                token: self.token,
+                fence: self.fence.clone(),
+                messages,
+            });
+        }
+        claimed
+    }
+
+    /// Takes `seq` out of its outstanding window; records a violation when it is in none.
+    fn take_outstanding(&mut self, seq: i64) {
+        let lane = self
+            .outstanding
+            .iter()
+            .find(|(_, seqs)| seqs.contains(&seq))
+            .map(|(lane, _)| *lane);
+        let Some(lane) = lane else {
+            self.violations.push(format!(
+                "message {seq} was settled outside an unsettled window (twice, or never claimed)"
+            ));
+            return;
+        };
+        if let Some(seqs) = self.outstanding.get_mut(&lane) {
+            seqs.remove(&seq);
+            if seqs.is_empty() {
+                self.outstanding.remove(&lane);
+            }
+        }
+    }
+
+    fn settle(&mut self, settlement: &Settlement) -> Settled {
+        let mut settled = Settled::default();
+        if settlement.token != self.token {
+            return settled;
+        }
+        for seq in settlement
+            .published
+            .iter()
+            .chain(settlement.retries.iter().map(|r| &r.seq))
+            .chain(settlement.dead_letters.iter().map(|d| &d.seq))
+        {
+            self.take_outstanding(*seq);
+        }
+        let published: HashSet<i64> = settlement.published.iter().copied().collect();
+        self.rows.retain(|row| {
+            let gone = published.contains(&row.stored.seq);
+            if gone {
+                settled.published.push(row.stored.seq);
+            }
+            !gone
+        });
+        let now = Instant::now();
+        for retry in &settlement.retries {
+            if let Some(row) = self.rows.iter_mut().find(|r| r.stored.seq == retry.seq) {
+                row.stored.attempts = retry.attempts;
+                row.not_before = Some(now + retry.delay);
+                settled.retried.push(retry.seq);
             }
         }
         for dead in &settlement.dead_letters {
-            if let Some(index) = state.rows.iter().position(|(row, _)| row.seq == dead.seq) {
-                let (row, _) = state.rows.remove(index);
-                state.dead_letters.push((row, dead.clone()));
-                changed += 1;
+            if let Some(index) = self.rows.iter().position(|r| r.stored.seq == dead.seq) {
+                let row = self.rows.remove(index);
+                self.dead_letters.push((row.stored, dead.clone()));
+                settled.dead_lettered.push(dead.seq);
             }
         }
-        Ok(changed)
+        settled
+    }
+}
+
+impl LaneStore for MemoryStore {
+    type Error = InjectedFailure;
+
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<Window>, InjectedFailure> {
+        let mut state = lock(&self.inner);
+        if state.failing_claims > 0 {
+            state.failing_claims -= 1;
+            return Err(InjectedFailure);
+        }
+        Ok(state.claim(&request))
     }
 
+    async fn settle(&self, settlement: &Settlement) -> Result<Settled, InjectedFailure> {
+        let mut state = lock(&self.inner);
+        if state.failing_settles > 0 {
+            state.failing_settles -= 1;
+            state.lose_lease();
+            return Err(InjectedFailure);
+        }
+        Ok(state.settle(settlement))
+    }
+}
+
+impl WakeUps for MemoryStore {
     async fn wait_for_work(&self, max_wait: Duration) {
         let _ = tokio::time::timeout(max_wait, self.wake.notified()).await;
     }
+}
 
-    fn fence(&self) -> Fence {
-        self.fence.clone()
+impl Lease for MemoryStore {
+    fn lease(&self) -> Option<Duration> {
+        lock(&self.inner).lease
     }
 }
 
 type FailureScript = Box<dyn FnMut(&StoredMessage) -> Option<PublishErrorKind> + Send>;
+type DelayScript = Box<dyn FnMut(&[StoredMessage]) -> Duration + Send>;
 
-/// A broker double: acknowledges every message unless the failure script says otherwise.
+/// A broker double: acknowledges every message unless the failure script says otherwise, after the
+/// delay the delay script gives a hand-over (none by default).
 #[derive(Clone)]
 pub struct MemoryPublisher {
     published: Arc<Mutex<Vec<Message>>>,
     script: Arc<Mutex<FailureScript>>,
+    delay: Arc<Mutex<DelayScript>>,
+    in_flight: Arc<AtomicUsize>,
+    most_in_flight: Arc<AtomicUsize>,
+    send_timeout: Option<Duration>,
 }
 
 impl Default for MemoryPublisher {
@@ -198,8 +429,17 @@ impl std::fmt::Debug for MemoryPublisher {
     }
 }
 
+/// Counts a hand-over as in flight until its acknowledgements are in or dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl MemoryPublisher {
-    /// A publisher that acknowledges everything.
+    /// A publisher that acknowledges everything at once.
     pub fn new() -> Self {
         Self::default()
     }
@@ -211,41 +451,98 @@ impl MemoryPublisher {
         Self {
             published: Arc::default(),
             script: Arc::new(Mutex::new(Box::new(script))),
+            delay: Arc::new(Mutex::new(Box::new(|_| Duration::ZERO))),
+            in_flight: Arc::default(),
+            most_in_flight: Arc::default(),
+            send_timeout: None,
         }
+    }
+
+    /// Acknowledges each hand-over after the delay `script` returns for its messages.
+    #[must_use]
+    pub fn with_ack_delay(
+        self,
+        script: impl FnMut(&[StoredMessage]) -> Duration + Send + 'static,
+    ) -> Self {
+        *lock(&self.delay) = Box::new(script);
+        self
+    }
+
+    /// Reports `timeout` as the publisher's send timeout.
+    #[must_use]
+    pub fn with_send_timeout(mut self, timeout: Duration) -> Self {
+        self.send_timeout = Some(timeout);
+        self
     }
 
     /// Every acknowledged message, in acknowledgement order (duplicates included).
     pub fn published(&self) -> Vec<Message> {
         lock(&self.published).clone()
     }
+
+    /// The most hand-overs that were waiting for their acknowledgements at once.
+    pub fn most_in_flight(&self) -> usize {
+        self.most_in_flight.load(Ordering::SeqCst)
+    }
 }
 
 impl Publisher for MemoryPublisher {
-    async fn publish(
-        &self,
-        batch: &[StoredMessage],
-        fence: &Fence,
-    ) -> Vec<Result<(), PublishError>> {
-        let mut script = lock(&self.script);
-        let mut published = lock(&self.published);
-        batch
-            .iter()
-            .scan(false, |fenced, stored| {
-                *fenced = *fenced || !fence.is_valid();
-                Some((*fenced, stored))
-            })
-            .map(|(fenced, stored)| {
-                if fenced {
-                    return Err(PublishError::new(PublishErrorKind::Fenced, "lease expired"));
+    async fn send(&self, messages: &[StoredMessage], fence: &Fence) -> Acknowledgements {
+        let mut outcomes = Vec::with_capacity(messages.len());
+        let mut fenced = false;
+        let mut failed_keys: HashSet<(&str, &Option<Vec<u8>>)> = HashSet::new();
+        {
+            let mut script = lock(&self.script);
+            for stored in messages {
+                fenced = fenced || !fence.is_valid();
+                let key = (stored.message.topic.as_str(), &stored.message.key);
+                let outcome = if fenced {
+                    Some((
+                        PublishErrorKind::Fenced,
+                        "lease expired before the message was sent",
+                    ))
+                } else if failed_keys.contains(&key) {
+                    Some((
+                        PublishErrorKind::Unavailable,
+                        "an earlier message of the key failed in the same hand-over",
+                    ))
+                } else {
+                    script(stored).map(|kind| (kind, "scripted failure"))
+                };
+                if outcome.is_some() {
+                    failed_keys.insert(key);
                 }
-                match script(stored) {
-                    Some(kind) => Err(PublishError::new(kind, "scripted failure")),
+                outcomes.push(outcome);
+            }
+        }
+        let delay = (lock(&self.delay))(messages);
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        let in_flight = InFlight(self.in_flight.clone());
+        let published = self.published.clone();
+        let messages: Vec<Message> = messages.iter().map(|m| m.message.clone()).collect();
+        async move {
+            let _in_flight = in_flight;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let mut log = lock(&published);
+            messages
+                .into_iter()
+                .zip(outcomes)
+                .map(|(message, outcome)| match outcome {
+                    Some((kind, why)) => Err(PublishError::new(kind, why)),
                     None => {
-                        published.push(stored.message.clone());
+                        log.push(message);
                         Ok(())
                     }
-                }
-            })
-            .collect()
+                })
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn send_timeout(&self) -> Option<Duration> {
+        self.send_timeout
     }
 }

@@ -15,6 +15,7 @@ pub mod dead_letter;
 mod error;
 mod handler;
 mod offsets;
+mod producer_config;
 mod publisher;
 mod received;
 pub mod record;

@@ -162,7 +162,8 @@ async fn relay_a_batch_whose_first_request_times_out(settings: &[(&str, &str)]) 
                     .backoff(Duration::from_millis(50), Duration::from_millis(100))
                     .expect("valid"),
             ),
-    );
+    )
+    .expect("valid relay");
     let shutdown = CancellationToken::new();
     let driver = async {
         // Connect the producer (metadata and producer id) before the fault.

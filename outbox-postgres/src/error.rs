@@ -56,6 +56,11 @@ pub enum Error {
         theirs: u32,
     },
 
+    /// The relay's session was lost (the connection closed or failed) while an operation needed it;
+    /// the next claim opens a new one.
+    #[error("the relay session is gone; its lanes were released")]
+    SessionLost,
+
     /// A message could not be encoded for storage.
     #[error("message {id} could not be encoded")]
     Encode {
@@ -73,6 +78,30 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Database(error) => is_transient_sqlx(error),
+            _ => false,
+        }
+    }
+}
+
+impl Error {
+    /// Whether the relay's session cannot be trusted after this error: the connection is gone, broken,
+    /// or in an unknown state. A statement that the server merely refused (a timeout, a constraint,
+    /// a decoding problem) leaves the session and its advisory locks as they were.
+    pub(crate) fn loses_session(&self) -> bool {
+        match self {
+            Error::SessionLost => true,
+            Error::Database(error) => match error {
+                sqlx::Error::Database(db) => db
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+                sqlx::Error::RowNotFound
+                | sqlx::Error::TypeNotFound { .. }
+                | sqlx::Error::ColumnIndexOutOfBounds { .. }
+                | sqlx::Error::ColumnNotFound(_)
+                | sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::Decode(_) => false,
+                _ => true,
+            },
             _ => false,
         }
     }

@@ -35,10 +35,9 @@ pub(crate) struct Queries {
     pub enqueue_quiet: String,
     pub horizon: String,
     pub claim: String,
-    pub delete: String,
-    pub mark_published: String,
+    pub settle: String,
+    pub settle_retaining: String,
     pub purge_published: String,
-    pub retry: String,
     pub dead_letter: String,
     pub members: String,
     pub acquire_lanes: String,
@@ -75,6 +74,34 @@ impl Queries {
                  ORDER BY m.ord"
             )
         };
+        // One statement for the outcome of windows: $1 published; $2..$5 retries (seq, attempts,
+        // delay in seconds on the database's clock, error); $6..$8 dead letters (seq, attempts,
+        // error). Returns what it changed.
+        let settle = |published: &str| {
+            format!(
+                "WITH published AS ({published}),
+                 retried AS (
+                     UPDATE {outbox} AS o SET attempts = r.attempts,
+                            not_before = now() + r.delay * interval '1 second', last_error = r.error
+                     FROM UNNEST($2::int8[], $3::int4[], $4::float8[], $5::text[]) AS r(seq, attempts, delay, error)
+                     WHERE o.seq = r.seq AND o.published_at IS NULL
+                     RETURNING o.seq
+                 ), failed AS (
+                     SELECT * FROM UNNEST($6::int8[], $7::int4[], $8::text[]) AS f(seq, attempts, error)
+                 ), moved AS (
+                     DELETE FROM {outbox} AS o USING failed AS f WHERE o.seq = f.seq AND o.published_at IS NULL
+                     RETURNING o.seq, o.id, o.slot, o.topic, o.key, o.event_type, o.source, o.content_type,
+                               o.payload, o.headers, o.created_at, f.attempts AS failed_attempts, f.error AS failed_error
+                 ), parked AS (
+                     INSERT INTO {dead_letters} (seq, id, slot, topic, key, event_type, source, content_type, payload, headers, created_at, attempts, error)
+                     SELECT seq, id, slot, topic, key, event_type, source, content_type, payload, headers, created_at, failed_attempts, failed_error
+                     FROM moved
+                     RETURNING seq
+                 )
+                 SELECT ARRAY(SELECT seq FROM published) AS published, ARRAY(SELECT seq FROM retried) AS retried,
+                        ARRAY(SELECT seq FROM parked) AS dead_lettered"
+            )
+        };
         Self {
             namespace: ns,
             enqueue: enqueue(&format!("AND pg_notify('{channel}', '') IS NOT NULL")),
@@ -87,36 +114,47 @@ impl Queries {
                  WHERE locktype = 'advisory' AND {this_database}
                    AND classid = {ns} AND objid = {WRITER_KEY} AND objsubid = 2 AND granted"
             ),
-            // $5: the in-flight batch, left out (empty for a plain claim); $6: claiming ahead of an in-flight
-            // batch, which leaves out every lane with a retry pending, due or not.
+            // Lane windows. $1 horizon, $2 lane count, $3 the idle lanes to claim from, $4 rows read
+            // at most (in seq order, through the unpublished index), $5 rows per lane, $6 lanes,
+            // $7 rows in all, $8 bytes in all (the first row is taken whatever its size). A topic
+            // of a lane whose message waits for a retry is left out of that lane.
             claim: format!(
-                "SELECT {MESSAGE_COLUMNS} FROM {outbox}
-                 WHERE seq <= $1
-                   AND seq <> ALL($5)
-                   AND published_at IS NULL
-                   AND (slot % $2) = ANY($3)
-                   AND (slot % $2) <> ALL(ARRAY(
-                       SELECT DISTINCT slot % $2 FROM {outbox}
-                       WHERE published_at IS NULL AND (not_before > now() OR ($6 AND not_before IS NOT NULL))))
-                 ORDER BY seq
-                 LIMIT $4"
+                "WITH blocked AS (
+                     SELECT DISTINCT topic, slot % $2 AS lane FROM {outbox}
+                     WHERE published_at IS NULL AND not_before > now()
+                 ), prefix AS (
+                     SELECT {MESSAGE_COLUMNS}, slot % $2 AS lane,
+                            octet_length(payload) + coalesce(octet_length(key), 0) + octet_length(headers::text) + 64 AS bytes
+                     FROM {outbox} AS o
+                     WHERE seq <= $1 AND published_at IS NULL AND (slot % $2) = ANY($3)
+                       AND NOT EXISTS (SELECT 1 FROM blocked AS b WHERE b.topic = o.topic AND b.lane = o.slot % $2)
+                     ORDER BY seq
+                     LIMIT $4
+                 ), ranked AS (
+                     SELECT *, row_number() OVER (PARTITION BY lane ORDER BY seq) AS nth,
+                            min(seq) OVER (PARTITION BY lane) AS head
+                     FROM prefix
+                 ), chosen AS (
+                     SELECT *, dense_rank() OVER (ORDER BY head) AS lane_rank FROM ranked WHERE nth <= $5
+                 ), counted AS (
+                     SELECT *, row_number() OVER (ORDER BY seq) AS taken, sum(bytes) OVER (ORDER BY seq) AS taken_bytes
+                     FROM chosen WHERE lane_rank <= $6
+                 )
+                 SELECT {MESSAGE_COLUMNS}, lane FROM counted
+                 WHERE taken <= $7 AND (taken = 1 OR taken_bytes <= $8)
+                 ORDER BY seq"
             ),
-            delete: format!("DELETE FROM {outbox} WHERE seq = ANY($1)"),
+            settle: settle(&format!("DELETE FROM {outbox} WHERE seq = ANY($1) RETURNING seq")),
             // With retention: published rows stay, out of the claims' (partial) index.
-            mark_published: format!(
-                "UPDATE {outbox} SET published_at = now() WHERE seq = ANY($1) AND published_at IS NULL"
-            ),
+            settle_retaining: settle(&format!(
+                "UPDATE {outbox} SET published_at = now() WHERE seq = ANY($1) AND published_at IS NULL RETURNING seq"
+            )),
             // Oldest first through the partial index on published_at; rows another relay is
             // purging right now are left to it.
             purge_published: format!(
                 "DELETE FROM {outbox} WHERE ctid = ANY(ARRAY(
                      SELECT ctid FROM {outbox} WHERE published_at < now() - $1::float8 * interval '1 second'
                      ORDER BY published_at LIMIT $2 FOR UPDATE SKIP LOCKED))"
-            ),
-            retry: format!(
-                "UPDATE {outbox} AS o SET attempts = r.attempts, not_before = r.not_before, last_error = r.error
-                 FROM UNNEST($1::int8[], $2::int4[], $3::timestamptz[], $4::text[]) AS r(seq, attempts, not_before, error)
-                 WHERE o.seq = r.seq AND o.published_at IS NULL"
             ),
             dead_letter: format!(
                 "WITH failed AS (

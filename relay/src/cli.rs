@@ -229,9 +229,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "TEMPLATE")]
     pub topic_template: Option<String>,
 
-    /// Most messages claimed and published in one pass, 1 to 100000 [env: OUTBOX_BATCH_SIZE] [file: relay.batch_size] [default: 500]
+    /// Most messages one claim takes over all of its lane windows, 1 to 100000 [env: OUTBOX_BATCH_SIZE] [file: relay.batch_size] [default: 500]
     #[arg(long, value_name = "N")]
     pub batch_size: Option<String>,
+
+    /// Most messages of one lane in flight at once, 1 to 100000 [env: OUTBOX_WINDOW] [file: relay.window] [default: 256]
+    #[arg(long, value_name = "N")]
+    pub window: Option<String>,
+
+    /// Most messages handed to Kafka and not yet settled, over all lanes, 1 to 1000000 [env: OUTBOX_MAX_IN_FLIGHT] [file: relay.max_in_flight] [default: 2000]
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<String>,
 
     /// Longest sleep when idle without a wake-up, 1ms to 1h [env: OUTBOX_POLL_INTERVAL] [file: relay.poll_interval] [default: 1s]
     #[arg(long, value_name = "DURATION")]

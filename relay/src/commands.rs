@@ -77,7 +77,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let status = PgStatus::new(pool.clone(), &settings.tables);
         observe::start(address, probes, status, listener_stop.clone()).await?;
     }
-    let relay = Relay::new(store, publisher, settings.relay);
+    let relay = Relay::new(store, publisher, settings.relay).context("invalid relay settings")?;
     let stats = relay.run(shutdown).await;
     drop(relay);
     listener_stop.cancel();

@@ -65,7 +65,7 @@ pub async fn start(
             LATENCY_BUCKETS,
         )
         .and_then(|builder| {
-            builder.set_buckets_for_metric(Matcher::Full(names::BATCH_SIZE.into()), BATCH_BUCKETS)
+            builder.set_buckets_for_metric(Matcher::Full(names::WINDOW_SIZE.into()), BATCH_BUCKETS)
         })
         .context("configuring the Prometheus recorder")?
         .install_recorder()

@@ -52,6 +52,8 @@ specs! {
     BROKERS: "kafka.brokers", "--brokers", "KAFKA_BROKERS", None;
     TOPIC_TEMPLATE: "kafka.topic_template", "--topic-template", "OUTBOX_TOPIC_TEMPLATE", Some("{topic}");
     BATCH_SIZE: "relay.batch_size", "--batch-size", "OUTBOX_BATCH_SIZE", Some("500");
+    WINDOW: "relay.window", "--window", "OUTBOX_WINDOW", Some("256");
+    MAX_IN_FLIGHT: "relay.max_in_flight", "--max-in-flight", "OUTBOX_MAX_IN_FLIGHT", Some("2000");
     POLL_INTERVAL: "relay.poll_interval", "--poll-interval", "OUTBOX_POLL_INTERVAL", Some("1s");
     LANES: "relay.lanes", "--lanes", "OUTBOX_LANES", Some("64");
     LEASE: "relay.lease", "--lease", "OUTBOX_LEASE", Some("10s");
@@ -240,6 +242,12 @@ impl Resolver<'_> {
             let size = number_in(text, 1, 100_000)?;
             Ok(size as usize)
         })?;
+        let window = self.get(&WINDOW, args.window.as_deref(), |text| {
+            Ok(number_in(text, 1, 100_000)? as usize)
+        })?;
+        let max_in_flight = self.get(&MAX_IN_FLIGHT, args.max_in_flight.as_deref(), |text| {
+            Ok(number_in(text, 1, 1_000_000)? as usize)
+        })?;
         let poll_interval = self.get(&POLL_INTERVAL, args.poll_interval.as_deref(), |text| {
             duration_in(text, Duration::from_millis(1), Duration::from_secs(3600))
         })?;
@@ -304,6 +312,8 @@ impl Resolver<'_> {
             })?;
         let relay = RelayConfig::default()
             .batch_size(batch_size)
+            .and_then(|relay| relay.window(window))
+            .and_then(|relay| relay.max_in_flight(max_in_flight))
             .and_then(|relay| relay.poll_interval(poll_interval))
             .map_err(|e| SettingError::Conflict(e.to_string()))?
             .retry(retry)

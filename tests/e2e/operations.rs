@@ -218,7 +218,7 @@ async fn metrics_move_while_relaying_and_the_oldest_age_falls_to_zero() -> anyho
         "one latency observation per message"
     );
     let batches = after
-        .histogram_count("outbox_batch_size")
+        .histogram_count("outbox_window_size")
         .unwrap_or_default();
     assert!(batches >= MESSAGES as f64, "batches of one: {batches}");
 

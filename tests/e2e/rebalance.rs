@@ -56,7 +56,7 @@ async fn a_relay_joining_during_a_backlog_gets_its_share_of_lanes_within_seconds
     db.wait_until_backlog_at_most(28_000, Duration::from_secs(60))
         .await?;
 
-    // The first relay is busy (claiming ahead batch after batch); the second must still get lanes.
+    // The first relay is busy (windows in flight all the time); the second must still get lanes.
     let second = RelayProcess::spawn(relay_program(), &db, &FLAGS)?;
     let joined = Instant::now();
     let mut split = lanes_per_relay(&db).await?;

@@ -326,8 +326,8 @@ impl InProcessRelay {
         let store = PgRelayStore::new(db.pool.clone(), store);
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
-        let task =
-            tokio::spawn(async move { Relay::new(store, publisher, config).run(token).await });
+        let relay = Relay::new(store, publisher, config)?;
+        let task = tokio::spawn(async move { relay.run(token).await });
         Ok(Self { shutdown, task })
     }
 

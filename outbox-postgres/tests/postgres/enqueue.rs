@@ -1,6 +1,6 @@
 //! Enqueueing in the caller's transaction: atomicity with business rows, batches, order.
 
-use outbox_core::{Message, RelayStore};
+use outbox_core::{Lease, Message};
 use outbox_postgres::PgOutbox;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -168,7 +168,7 @@ async fn separate_transactions_are_claimed_in_commit_order_per_key(pool: PgPool)
     enqueue_committed(&pool, std::slice::from_ref(&second)).await;
 
     let relay = store(&pool, 1);
-    let batch = relay.claim(10).await.expect("claim");
+    let batch = claim(&relay, 10).await;
     assert_eq!(ids(&batch), vec![first.id, second.id]);
     relay.close().await;
 }

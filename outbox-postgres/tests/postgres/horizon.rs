@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use outbox_core::RelayStore;
+use outbox_core::Lease;
 use outbox_postgres::PgOutbox;
 use sqlx::PgPool;
 

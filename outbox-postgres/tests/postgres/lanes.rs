@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use outbox_core::{Message, RelayStore};
+use outbox_core::{Lease, Message};
 use outbox_postgres::{Error, PgOutbox, PgRelayStore};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
@@ -126,7 +126,9 @@ async fn a_relay_with_another_lane_count_refuses_to_start(pool: PgPool) {
 
     let sixteen = store(&pool, 16);
     for _ in 0..2 {
-        let err = sixteen.claim(10).await.expect_err("lane counts differ");
+        let err = crate::support::try_claim(&sixteen, 10)
+            .await
+            .expect_err("lane counts differ");
         assert!(
             matches!(
                 err,
@@ -199,8 +201,7 @@ async fn observe_next_to(
     local: &Message,
 ) -> Result<NextToAnotherDatabase, String> {
     // In the other database: a relay with another lane count, and an open enqueuing transaction.
-    foreign
-        .claim(10)
+    crate::support::try_claim(foreign, 10)
         .await
         .map_err(|e| format!("the other database's relay: {e:?}"))?;
     let mut foreign_writer = other.begin().await.map_err(|e| format!("begin: {e}"))?;
@@ -219,8 +220,7 @@ async fn observe_next_to(
 
     // Here: the only relay of this database.
     enqueue_committed(pool, std::slice::from_ref(local)).await;
-    let batch = ours
-        .claim(10)
+    let batch = crate::support::try_claim(ours, 10)
         .await
         .map_err(|e| format!("our relay: {e:?}"))?;
     let owned = ours.owned_lanes().await.len();

@@ -1,6 +1,6 @@
 //! Migrations: idempotent, serialized, configurable names, refusing a database that is ahead.
 
-use outbox_core::{Inbox, RelayStore};
+use outbox_core::{Inbox, Lease};
 use outbox_postgres::{Error, PgInbox, PgOutbox, Tables};
 use sqlx::PgPool;
 

@@ -3,18 +3,21 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
 use outbox_core::testing::MemoryPublisher;
 use outbox_core::{
-    CancellationToken, DeadLetter, Message, PublishErrorKind, Relay, RelayConfig, RelayStore,
-    Retry, Settlement,
+    CancellationToken, ClaimRequest, DeadLetter, LaneStore, Lease, Message, PublishErrorKind,
+    Relay, RelayConfig, Retry, Settlement,
 };
+use outbox_postgres::{PgRelayStore, PgRelayStoreConfig};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::support::{
-    DeadRow, claim, count, dead_letters, enqueue_committed, ids, key_in_lane, message, migrate,
-    outbox_ids, outbox_seqs, publish, retry_state, seqs, store,
+    Claimed, DeadRow, claim, count, dead_letters, enqueue_committed, ids, key_in_lane, message,
+    message_to, migrate, outbox_ids, outbox_seqs, publish, retry_state, seqs, store, try_claim,
 };
 
 const LANES: u32 = 8;
@@ -41,33 +44,51 @@ async fn published_messages_are_deleted_and_only_those(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_retry_holds_back_its_whole_lane_until_it_is_due(pool: PgPool) {
+async fn a_retry_holds_back_its_topic_in_its_lane_until_it_is_due_on_the_database_clock(
+    pool: PgPool,
+) {
     migrate(&pool).await;
     let key = key_in_lane("held", 0, LANES);
     let other_key = key_in_lane("free", 1, LANES);
     let head = message(&key, 1);
     let follower = message(&key, 2);
     let elsewhere = message(&other_key, 3);
-    enqueue_committed(&pool, &[head.clone(), follower.clone(), elsewhere.clone()]).await;
+    let other_topic = message_to("payments", &key, 4);
+    enqueue_committed(
+        &pool,
+        &[
+            head.clone(),
+            follower.clone(),
+            elsewhere.clone(),
+            other_topic.clone(),
+        ],
+    )
+    .await;
     let relay = store(&pool, LANES);
 
     let batch = claim(&relay, 10).await;
-    assert_eq!(ids(&batch), vec![head.id, follower.id, elsewhere.id]);
+    assert_eq!(
+        ids(&batch),
+        vec![head.id, follower.id, elsewhere.id, other_topic.id]
+    );
     let head_seq = batch[0].seq;
 
-    // The head failed; its follower and the message of the other lane were not settled (the engine
-    // would have offered the follower again too).
-    let not_before = Utc::now() + chrono::Duration::milliseconds(1500);
+    // The head failed; the rest of its window was not settled (the engine would have offered the
+    // follower again too).
     let settlement = Settlement {
         retries: vec![Retry {
             seq: head_seq,
             attempts: 1,
-            not_before,
+            delay: Duration::from_millis(1500),
             error: "Transient: broker unreachable".into(),
         }],
-        ..Settlement::default()
+        ..batch.settlement()
     };
-    assert_eq!(relay.settle(&settlement).await.expect("settle"), 1);
+    let before: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&pool)
+        .await
+        .expect("the database's clock");
+    assert_eq!(relay.settle(&settlement).await.expect("settle").len(), 1);
 
     let state = retry_state(&pool, head_seq).await;
     assert_eq!(state.attempts, 1);
@@ -76,137 +97,148 @@ async fn a_retry_holds_back_its_whole_lane_until_it_is_due(pool: PgPool) {
         Some("Transient: broker unreachable")
     );
     let stored = state.not_before.expect("not_before is set");
+    let waited = (stored - before).num_milliseconds();
     assert!(
-        (stored - not_before).num_milliseconds().abs() <= 1,
-        "not_before {not_before} stored as {stored}"
+        (1500..2500).contains(&waited),
+        "not_before is 1.5 s after the database's now(), got {waited} ms"
     );
 
-    // While the head waits, nothing of its lane is offered, not even the follower; other lanes are.
+    // While the head waits, nothing of its topic in its lane is offered, not even the follower; the
+    // lane's other topic and the other lanes are.
     let waiting = claim(&relay, 10).await;
-    assert_eq!(ids(&waiting), vec![elsewhere.id]);
-    assert_eq!(publish(&relay, &waiting).await, 1);
+    assert_eq!(ids(&waiting), vec![elsewhere.id, other_topic.id]);
+    assert_eq!(publish(&relay, &waiting).await, 2);
     assert!(claim(&relay, 10).await.is_empty());
 
     // Once due, the head comes first again, with its attempt count, then the follower.
-    let due = not_before + chrono::Duration::milliseconds(50);
-    let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    tokio::time::sleep(wait).await;
-    let again = claim(&relay, 10).await;
+    let mut again = claim(&relay, 10).await;
+    while again.is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        again = claim(&relay, 10).await;
+    }
     assert_eq!(ids(&again), vec![head.id, follower.id]);
     assert_eq!(again[0].attempts, 1);
     assert_eq!(again[1].attempts, 0);
     relay.close().await;
 }
 
+/// One claim request, as the engine makes it.
+async fn claim_windows(
+    relay: &PgRelayStore,
+    busy: &[u32],
+    window: usize,
+    phases: usize,
+    max_bytes: u64,
+) -> Vec<(u32, Vec<Uuid>)> {
+    let busy: BTreeSet<u32> = busy.iter().copied().collect();
+    let windows = relay
+        .claim(ClaimRequest {
+            busy: &busy,
+            max_messages: 100,
+            max_bytes,
+            window,
+            phases,
+        })
+        .await
+        .expect("claim");
+    let mut lanes: Vec<(u32, Vec<Uuid>)> = windows
+        .into_iter()
+        .map(|w| (w.lane, ids(&w.messages)))
+        .collect();
+    lanes.sort();
+    lanes
+}
+
 #[sqlx::test(migrations = false)]
-async fn claiming_ahead_takes_what_follows_the_in_flight_batch_and_skips_lanes_with_a_retry(
-    pool: PgPool,
-) {
+async fn a_claim_takes_a_window_of_each_idle_lane_and_nothing_of_busy_ones(pool: PgPool) {
     migrate(&pool).await;
-    let retried_key = key_in_lane("retried", 0, LANES);
-    let free_key = key_in_lane("free", 1, LANES);
-    let head = message(&retried_key, 1);
-    enqueue_committed(&pool, std::slice::from_ref(&head)).await;
+    let (a, b, c) = (
+        key_in_lane("a", 0, LANES),
+        key_in_lane("b", 1, LANES),
+        key_in_lane("c", 2, LANES),
+    );
+    let messages: Vec<Message> = (0..12)
+        .map(|n| message([&a, &b, &c][n % 3], n as u64))
+        .collect();
+    enqueue_committed(&pool, &messages).await;
     let relay = store(&pool, LANES);
-    let first = claim(&relay, 10).await;
-    assert_eq!(ids(&first), vec![head.id]);
-    // The head failed once and is already due again: a plain claim would offer it.
-    let settlement = Settlement {
-        retries: vec![Retry {
-            seq: first[0].seq,
-            attempts: 1,
-            not_before: Utc::now(),
-            error: "Transient".into(),
-        }],
-        ..Settlement::default()
+    let of = |lane: usize, take: usize| -> Vec<Uuid> {
+        messages
+            .iter()
+            .skip(lane)
+            .step_by(3)
+            .take(take)
+            .map(|m| m.id)
+            .collect()
     };
-    assert_eq!(relay.settle(&settlement).await.expect("settle"), 1);
 
-    let in_flight: Vec<_> = (2..5).map(|n| message(&free_key, n)).collect();
-    let following: Vec<_> = (5..8).map(|n| message(&free_key, n)).collect();
-    let behind_retry = message(&retried_key, 8);
-    enqueue_committed(&pool, &in_flight).await;
-    enqueue_committed(&pool, &following).await;
-    enqueue_committed(&pool, std::slice::from_ref(&behind_retry)).await;
-
-    let batch = relay.claim(3).await.expect("claim");
-    assert_eq!(ids(&batch), vec![head.id, in_flight[0].id, in_flight[1].id]);
-    let seqs: Vec<i64> = batch.iter().map(|m| m.seq).collect();
-    let ahead = relay.claim_after(10, &seqs).await.expect("claim ahead");
+    // Lane 1 is busy: windows of two messages from lanes 0 and 2, their oldest first.
     assert_eq!(
-        ids(&ahead),
-        vec![
-            in_flight[2].id,
-            following[0].id,
-            following[1].id,
-            following[2].id
-        ],
-        "only what follows the in-flight batch, and nothing of the lane whose head is being retried"
+        claim_windows(&relay, &[1], 2, 1, u64::MAX).await,
+        vec![(0, of(0, 2)), (2, of(2, 2))]
+    );
+    // Four phases of eight owned lanes: at most two lanes, the ones whose oldest message is oldest.
+    assert_eq!(
+        claim_windows(&relay, &[], 3, 4, u64::MAX).await,
+        vec![(0, of(0, 3)), (1, of(1, 3))]
+    );
+    // A byte budget smaller than one message still takes the oldest message, and only it.
+    assert_eq!(
+        claim_windows(&relay, &[], 10, 1, 1).await,
+        vec![(0, of(0, 1))]
     );
     relay.close().await;
 }
 
 #[sqlx::test(migrations = false)]
-async fn claiming_ahead_resumes_a_lane_it_skipped_from_its_head(pool: PgPool) {
+async fn a_statement_stuck_on_a_lock_gives_up_within_the_lease_and_keeps_the_session(pool: PgPool) {
     migrate(&pool).await;
-    let a = key_in_lane("a", 0, LANES);
-    let b = key_in_lane("b", 1, LANES);
-    let (a1, b1, b2, a2, b3, b4) = (
-        message(&a, 1),
-        message(&b, 2),
-        message(&b, 3),
-        message(&a, 4),
-        message(&b, 5),
-        message(&b, 6),
-    );
-    enqueue_committed(
-        &pool,
-        &[
-            a1.clone(),
-            b1.clone(),
-            b2.clone(),
-            a2.clone(),
-            b3.clone(),
-            b4.clone(),
-        ],
-    )
-    .await;
-    let relay = store(&pool, LANES);
-    // a1 failed once and is due again.
-    let first = claim(&relay, 1).await;
-    let settlement = Settlement {
-        retries: vec![Retry {
-            seq: first[0].seq,
-            attempts: 1,
-            not_before: Utc::now(),
-            error: "Unavailable".into(),
-        }],
-        ..Settlement::default()
-    };
-    assert_eq!(relay.settle(&settlement).await.expect("settle"), 1);
+    let messages: Vec<_> = (0..2).map(|n| message("k", n)).collect();
+    enqueue_committed(&pool, &messages).await;
+    let config = PgRelayStoreConfig::default()
+        .lanes(LANES)
+        .expect("valid lanes")
+        .lease(Duration::from_secs(2))
+        .expect("valid lease");
+    let relay = PgRelayStore::new(pool.clone(), config);
+    let batch = claim(&relay, 10).await;
+    let owned = relay.owned_lanes().await;
+    assert_eq!(owned.len(), LANES as usize);
 
-    let batch = relay.claim(2).await.expect("claim");
-    assert_eq!(ids(&batch), vec![a1.id, b1.id]);
-    let in_flight: Vec<i64> = batch.iter().map(|m| m.seq).collect();
-    let ahead = relay
-        .claim_after(10, &in_flight)
+    // Somebody holds a row lock on the first message, as a long admin transaction would.
+    let mut admin = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM outbox WHERE seq = $1 FOR UPDATE")
+        .bind(batch[0].seq)
+        .execute(&mut *admin)
         .await
-        .expect("claim ahead");
-    assert_eq!(
-        ids(&ahead),
-        vec![b2.id, b3.id, b4.id],
-        "lane a waits: its head is being retried"
+        .expect("lock the row");
+    let started = std::time::Instant::now();
+    let error = relay
+        .settle(&Settlement {
+            published: seqs(&batch),
+            ..batch.settlement()
+        })
+        .await
+        .expect_err("the delete waits for the lock and gives up");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(1600),
+        "gave up after {waited:?}, not well inside the 2 s lease"
     );
-    assert_eq!(publish(&relay, &batch).await, 2);
+    assert!(
+        format!("{error:?}").contains("55P03"),
+        "a lock timeout: {error:?}"
+    );
+    admin.rollback().await.expect("rollback");
 
-    // Lane a's retry went through; claiming ahead of b2..b4 must resume lane a at a2, although a2
-    // is numbered below b4.
-    let in_flight: Vec<i64> = ahead.iter().map(|m| m.seq).collect();
-    let next = relay
-        .claim_after(10, &in_flight)
-        .await
-        .expect("claim ahead");
-    assert_eq!(ids(&next), vec![a2.id]);
+    // Nothing was written, and the session kept its lanes: the same messages are claimed again
+    // on it and settle now.
+    assert_eq!(count(&pool, "outbox").await, 2);
+    assert_eq!(relay.owned_lanes().await, owned);
+    let again = claim(&relay, 10).await;
+    assert_eq!(again.token, batch.token, "the same session");
+    assert_eq!(seqs(&again), seqs(&batch));
+    assert_eq!(publish(&relay, &again).await, 2);
     relay.close().await;
 }
 
@@ -225,9 +257,10 @@ async fn dead_letters_move_to_their_table_with_error_and_attempts(pool: PgPool) 
         retries: vec![Retry {
             seq: s[3],
             attempts: 2,
-            not_before: Utc::now() + chrono::Duration::hours(1),
+            delay: Duration::from_secs(3600),
             error: "Transient: timed out".into(),
         }],
+        token: batch.token,
         dead_letters: vec![
             DeadLetter {
                 seq: s[1],
@@ -241,7 +274,7 @@ async fn dead_letters_move_to_their_table_with_error_and_attempts(pool: PgPool) 
             },
         ],
     };
-    assert_eq!(relay.settle(&settlement).await.expect("settle"), 4);
+    assert_eq!(relay.settle(&settlement).await.expect("settle").len(), 4);
 
     assert_eq!(outbox_seqs(&pool).await, vec![s[3]]);
     assert_eq!(
@@ -299,19 +332,19 @@ async fn a_settlement_after_the_session_was_killed_changes_nothing(pool: PgPool)
             error: "x".into(),
         }],
         published: vec![batch[0].seq, batch[2].seq],
-        ..Settlement::default()
+        ..batch.settlement()
     };
     match relay.settle(&dead_letter).await {
-        Ok(changed) => assert_eq!(changed, 0),
+        Ok(changed) => assert!(changed.is_empty(), "{changed:?}"),
         Err(error) => assert!(error.is_transient(), "{error:?}"),
     }
     assert_eq!(outbox_ids(&pool).await, ids_of(&messages));
     assert!(dead_letters(&pool).await.is_empty());
 
     // The relay reconnects and is offered the same messages again.
-    let mut again = Vec::new();
+    let mut again = Claimed::default();
     for _ in 0..3 {
-        match relay.claim(10).await {
+        match try_claim(&relay, 10).await {
             Ok(batch) if !batch.is_empty() => {
                 again = batch;
                 break;
@@ -398,13 +431,14 @@ async fn the_relay_engine_publishes_everything_in_order_over_postgres(pool: PgPo
     let poison = messages[20].id;
     let publisher = MemoryPublisher::failing(move |stored| {
         (stored.message.id == poison).then_some(PublishErrorKind::Rejected)
-    });
+    })
+    .with_send_timeout(Duration::from_secs(1));
     let config = RelayConfig::default()
         .batch_size(7)
         .expect("valid batch size")
         .poll_interval(Duration::from_millis(20))
         .expect("valid poll interval");
-    let relay = Relay::new(store(&pool, LANES), publisher.clone(), config);
+    let relay = Relay::new(store(&pool, LANES), publisher.clone(), config).expect("valid relay");
 
     let shutdown = CancellationToken::new();
     let stopper = shutdown.clone();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use outbox_core::{DeadLetter, RelayStore, Retry, Settlement};
+use outbox_core::{DeadLetter, LaneStore, Lease, Retry, Settlement};
 use outbox_postgres::{Error, PgRelayStore, PgRelayStoreConfig, Tables};
 use sqlx::PgPool;
 
@@ -126,18 +126,19 @@ async fn retained_rows_hold_back_neither_their_lane_nor_failed_messages(pool: Pg
 
     // Failures settle as without retention; a stale outcome naming a retained row changes nothing.
     let settlement = Settlement {
+        token: batch.token,
         published: vec![s[0]],
         retries: vec![
             Retry {
                 seq: s[2],
                 attempts: 1,
-                not_before: Utc::now() + chrono::Duration::hours(1),
+                delay: Duration::from_secs(3600),
                 error: "Transient: timed out".into(),
             },
             Retry {
                 seq: published[0].seq,
                 attempts: 7,
-                not_before: Utc::now() + chrono::Duration::hours(1),
+                delay: Duration::from_secs(3600),
                 error: "stale".into(),
             },
         ],
@@ -154,7 +155,7 @@ async fn retained_rows_hold_back_neither_their_lane_nor_failed_messages(pool: Pg
             },
         ],
     };
-    assert_eq!(relay.settle(&settlement).await.expect("settle"), 3);
+    assert_eq!(relay.settle(&settlement).await.expect("settle").len(), 3);
     assert_eq!(
         dead_letters(&pool)
             .await

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use outbox_core::{Message, RelayStore, Settlement, StoredMessage};
-use outbox_postgres::{PgOutbox, PgRelayStore, PgRelayStoreConfig, Tables};
+use outbox_core::{ClaimRequest, LaneStore, Message, Settlement, StoredMessage};
+use outbox_postgres::{Error, PgOutbox, PgRelayStore, PgRelayStoreConfig, Tables};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -28,9 +28,14 @@ pub async fn migrate_tables(pool: &PgPool, tables: &Tables) -> Vec<i64> {
         .expect("migrations apply")
 }
 
-/// A JSON message with the given key whose payload is `{"n": n}`.
+/// A JSON message of [`TOPIC`] with the given key whose payload is `{"n": n}`.
 pub fn message(key: &str, n: u64) -> Message {
-    Message::builder(TOPIC)
+    message_to(TOPIC, key, n)
+}
+
+/// A JSON message of `topic` with the given key whose payload is `{"n": n}`.
+pub fn message_to(topic: &str, key: &str, n: u64) -> Message {
+    Message::builder(topic)
         .key(key)
         .event_type("OrderPlaced")
         .source("/tests")
@@ -169,18 +174,64 @@ pub fn seqs(batch: &[StoredMessage]) -> Vec<i64> {
     batch.iter().map(|stored| stored.seq).collect()
 }
 
-/// Claims up to `limit` messages, failing the test on a store error.
-pub async fn claim(store: &PgRelayStore, limit: usize) -> Vec<StoredMessage> {
-    store.claim(limit).await.expect("claim")
+/// The messages of one claim, in `seq` order, with the session they were claimed on.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub token: u64,
+    pub messages: Vec<StoredMessage>,
+}
+
+impl std::ops::Deref for Claimed {
+    type Target = [StoredMessage];
+
+    fn deref(&self) -> &[StoredMessage] {
+        &self.messages
+    }
+}
+
+impl Claimed {
+    /// An empty settlement of this claim's session.
+    pub fn settlement(&self) -> Settlement {
+        Settlement {
+            token: self.token,
+            ..Settlement::default()
+        }
+    }
+}
+
+/// A claim as the engine makes it with nothing in flight: windows of up to `limit` messages from
+/// every owned lane, `limit` in all, all lanes in one phase.
+pub async fn try_claim(store: &PgRelayStore, limit: usize) -> Result<Claimed, Error> {
+    let busy = BTreeSet::new();
+    let request = ClaimRequest {
+        busy: &busy,
+        max_messages: limit,
+        max_bytes: u64::MAX,
+        window: limit,
+        phases: 1,
+    };
+    let windows = store.claim(request).await?;
+    let mut claimed = Claimed::default();
+    for window in windows {
+        claimed.token = window.token;
+        claimed.messages.extend(window.messages);
+    }
+    claimed.messages.sort_by_key(|stored| stored.seq);
+    Ok(claimed)
+}
+
+/// [`try_claim`], failing the test on a store error.
+pub async fn claim(store: &PgRelayStore, limit: usize) -> Claimed {
+    try_claim(store, limit).await.expect("claim")
 }
 
 /// Settles `batch` as published and returns how many rows changed.
-pub async fn publish(store: &PgRelayStore, batch: &[StoredMessage]) -> u64 {
+pub async fn publish(store: &PgRelayStore, batch: &Claimed) -> usize {
     let settlement = Settlement {
         published: seqs(batch),
-        ..Settlement::default()
+        ..batch.settlement()
     };
-    store.settle(&settlement).await.expect("settle")
+    store.settle(&settlement).await.expect("settle").len()
 }
 
 /// Lanes owned by each store, in the stores' order.
@@ -202,7 +253,7 @@ pub async fn rebalance_until(
     let mut lanes = Vec::new();
     for _ in 0..60 {
         for store in stores {
-            store.claim(1).await.expect("claim");
+            try_claim(store, 1).await.expect("claim");
         }
         lanes = owned(stores).await;
         if done(&lanes) {

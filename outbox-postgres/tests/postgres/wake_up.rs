@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use outbox_core::RelayStore;
+use outbox_core::{Lease, WakeUps};
 use outbox_postgres::PgOutbox;
 use sqlx::PgPool;
 
@@ -11,7 +11,7 @@ use crate::support::{message, migrate, store};
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs `wait_for_work(max_wait)` and returns how long it took.
-async fn timed_wait(relay: &impl RelayStore, max_wait: Duration) -> Duration {
+async fn timed_wait(relay: &impl WakeUps, max_wait: Duration) -> Duration {
     let started = Instant::now();
     relay.wait_for_work(max_wait).await;
     started.elapsed()

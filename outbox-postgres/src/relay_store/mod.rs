@@ -1,0 +1,163 @@
+//! The relay's side of the outbox on PostgreSQL: lanes, the publish horizon, claim and settle.
+//!
+//! | file | what it holds |
+//! | --- | --- |
+//! | `config.rs` | [`PgRelayStoreConfig`] |
+//! | `session.rs` | the session that holds the lanes: open, renew the fence, heartbeat, drop, close |
+//! | `lanes.rs` | taking lanes, draining and releasing the ones given up |
+//! | `claim.rs` | the horizon and the claim of lane windows; purging retained rows; corrupt rows |
+//! | `settle.rs` | writing back the outcome of windows in one statement |
+//! | `wake.rs` | wake-ups through `LISTEN` |
+
+mod claim;
+mod config;
+mod lanes;
+mod session;
+mod settle;
+mod wake;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use outbox_core::{ClaimRequest, Fence, LaneStore, Lease, Settled, Settlement, WakeUps, Window};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use tokio::sync::Mutex;
+
+pub use config::PgRelayStoreConfig;
+
+use crate::error::Error;
+use crate::queries::Queries;
+use session::Session;
+
+/// The relay store on PostgreSQL.
+///
+/// A relay works on one dedicated connection (its *session*), outside the pool. On it, the relay holds
+/// a shared advisory lock that makes it count as a running relay, and one exclusive advisory lock per
+/// lane it owns. Claims and settlements run on the same session, so a relay can only change rows
+/// while it holds their lanes: if the session dies, PostgreSQL releases its locks, another relay may
+/// take the lanes over, and this relay's pending settlements are dropped (their messages are
+/// published again by the new owner: a duplicate, never a loss). Lanes are rebalanced so that each of
+/// `n` relays owns at most `ceil(lanes / n)`; a lane given up is drained first (see `lanes.rs`).
+///
+/// Wake-ups come from `LISTEN` on the outbox's channel, on a connection of the pool.
+///
+/// Published messages are deleted, unless a [retention](PgRelayStoreConfig::retention) is set:
+/// then they are marked published, and purged by the relay once older than the retention.
+#[derive(Debug)]
+pub struct PgRelayStore {
+    connect: PgConnectOptions,
+    pool: PgPool,
+    queries: Arc<Queries>,
+    channel: String,
+    lanes: u32,
+    rebalance_interval: Duration,
+    lease: Duration,
+    retention: Option<Duration>,
+    purge_batch: u32,
+    purge_interval: Duration,
+    session: Arc<Mutex<Session>>,
+    owned_count: Arc<AtomicUsize>,
+    /// The fence of the current session, readable without the session lock.
+    fence: std::sync::Mutex<Fence>,
+    listener: Mutex<Option<PgListener>>,
+}
+
+impl PgRelayStore {
+    /// A relay store over the outbox in `pool`'s database.
+    pub fn new(pool: PgPool, config: PgRelayStoreConfig) -> Self {
+        let owned_count = Arc::new(AtomicUsize::new(0));
+        Self {
+            connect: (*pool.connect_options())
+                .clone()
+                .application_name("outbox-relay"),
+            queries: Arc::new(Queries::new(&config.tables)),
+            channel: config.tables.channel(),
+            pool,
+            lanes: config.lanes,
+            rebalance_interval: config.rebalance_interval,
+            lease: config.lease,
+            retention: config.retention,
+            purge_batch: config.purge_batch,
+            purge_interval: config.purge_interval,
+            session: Arc::new(Mutex::new(Session {
+                owned_count: owned_count.clone(),
+                ..Session::default()
+            })),
+            owned_count,
+            fence: std::sync::Mutex::new(Fence::expired()),
+            listener: Mutex::new(None),
+        }
+    }
+
+    /// The lanes this relay owns right now.
+    pub async fn owned_lanes(&self) -> Vec<i32> {
+        self.session.lock().await.owned.iter().copied().collect()
+    }
+
+    /// A handle that reads how many lanes this relay owns, without waiting for the store (for
+    /// readiness checks).
+    pub fn lanes_owned(&self) -> LanesOwned {
+        LanesOwned(self.owned_count.clone())
+    }
+
+    /// The fence of the current session (expired while there is none).
+    pub fn fence(&self) -> Fence {
+        self.fence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// How many lanes a relay owns right now; see [`PgRelayStore::lanes_owned`].
+#[derive(Debug, Clone, Default)]
+pub struct LanesOwned(Arc<AtomicUsize>);
+
+impl LanesOwned {
+    /// The number of lanes owned.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl LaneStore for PgRelayStore {
+    type Error = Error;
+
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<Window>, Error> {
+        let mut session = self.session.lock().await;
+        let result = self.claim_in(&mut session, &request).await;
+        if let Err(error) = &result {
+            session.failed(error);
+        }
+        result
+    }
+
+    async fn settle(&self, settlement: &Settlement) -> Result<Settled, Error> {
+        let mut session = self.session.lock().await;
+        let result = self.settle_in(&mut session, settlement).await;
+        if let Err(error) = &result {
+            session.failed(error);
+        }
+        result
+    }
+}
+
+impl WakeUps for PgRelayStore {
+    async fn wait_for_work(&self, max_wait: Duration) {
+        self.wait(max_wait).await;
+    }
+}
+
+impl Lease for PgRelayStore {
+    fn lease(&self) -> Option<Duration> {
+        Some(self.lease)
+    }
+
+    async fn close(&self) {
+        // The wake-up connection goes back to the pool, so that the pool can close.
+        self.listener.lock().await.take();
+        self.session.lock().await.close().await;
+    }
+}

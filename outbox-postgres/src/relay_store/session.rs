@@ -1,0 +1,161 @@
+//! The relay's session: the one connection that holds its lanes, kept alive and fenced.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use outbox_core::Fence;
+use sqlx::{Connection, PgConnection};
+use tokio::sync::Mutex;
+
+use crate::error::Error;
+use crate::horizon::Horizon;
+
+/// The session and what it holds. Claims, settlements and lane changes all run on `conn`, so a relay
+/// can only change rows while it holds their lanes.
+#[derive(Debug, Default)]
+pub(super) struct Session {
+    pub conn: Option<PgConnection>,
+    /// Valid while `conn` holds the lanes; expired when the session is lost.
+    pub fence: Option<Fence>,
+    /// Start of the last round trip that succeeded on `conn`.
+    pub last_ok: Option<Instant>,
+    /// Counts sessions; windows name the one they were claimed on.
+    pub epoch: u64,
+    /// Lanes whose lock `conn` holds.
+    pub owned: BTreeSet<i32>,
+    /// Owned lanes being given up: claimed no more, released once no window of theirs is busy.
+    pub draining: BTreeSet<i32>,
+    pub horizon: Horizon,
+    pub last_rebalance: Option<Instant>,
+    /// With retention: no purge before this time.
+    pub next_purge: Option<Instant>,
+    /// `owned.len()`, readable without the session lock.
+    pub owned_count: Arc<AtomicUsize>,
+}
+
+impl Session {
+    /// The open connection.
+    pub fn conn(&mut self) -> Result<&mut PgConnection, Error> {
+        self.conn.as_mut().ok_or(Error::SessionLost)
+    }
+
+    /// Installs a fresh connection that already holds the membership lock; the lanes start empty.
+    pub fn open(&mut self, conn: PgConnection, started: Instant, lease: Duration) -> Fence {
+        let lost = self.owned.len();
+        self.owned.clear();
+        self.draining.clear();
+        self.lanes_changed("lost", lost);
+        let fence = Fence::expired();
+        self.fence = Some(fence.clone());
+        self.conn = Some(conn);
+        self.epoch += 1;
+        self.horizon = Horizon::default();
+        self.last_rebalance = None;
+        self.renew(started, lease);
+        fence
+    }
+
+    /// Records a successful round trip that started at `started`: the lanes are ours until the
+    /// server could end the idle session, less a safety margin.
+    pub fn renew(&mut self, started: Instant, lease: Duration) {
+        self.last_ok = Some(started);
+        if let Some(fence) = &self.fence {
+            fence.extend_to(started + lease - lease / 5);
+        }
+    }
+
+    /// Drops the session after `error` when the error means the connection is gone or its state
+    /// unknown; PostgreSQL then releases its locks. A statement that merely failed (a timeout, a
+    /// constraint) leaves the session and its lanes as they are.
+    pub fn failed(&mut self, error: &Error) {
+        if error.loses_session() {
+            self.disconnect(error);
+        }
+    }
+
+    /// Drops the session; PostgreSQL releases its locks when the connection closes.
+    pub fn disconnect(&mut self, error: &Error) {
+        if let Some(fence) = self.fence.take() {
+            fence.expire();
+        }
+        if self.conn.take().is_some() {
+            tracing::warn!(error = %outbox_core::relay::error_chain(error), released = self.owned.len(), "relay session lost; its lanes are released");
+        }
+        let lost = self.owned.len();
+        self.owned.clear();
+        self.draining.clear();
+        self.lanes_changed("lost", lost);
+    }
+
+    /// Closes the session on shutdown, releasing its lanes at once.
+    pub async fn close(&mut self) {
+        let released = self.owned.len();
+        self.owned.clear();
+        self.draining.clear();
+        self.lanes_changed("released", released);
+        if let Some(fence) = self.fence.take() {
+            fence.expire();
+        }
+        if let Some(conn) = self.conn.take() {
+            if let Err(error) = conn.close().await {
+                tracing::warn!(%error, "closing the relay session failed; the server releases its lanes when it notices");
+            }
+            tracing::info!("relay session closed; lanes released");
+        }
+    }
+
+    /// Publishes the number of owned lanes after `lanes` of them changed hands.
+    pub fn lanes_changed(&self, change: &'static str, lanes: usize) {
+        self.owned_count.store(self.owned.len(), Ordering::Relaxed);
+        outbox_core::metrics::lanes_changed(self.owned.len(), change, lanes);
+    }
+}
+
+/// The statements that bound what a stuck relay can hold: the server ends a session idle (or idle
+/// inside a transaction) for a lease, and gives up a statement after half a lease or a lock wait
+/// after a quarter, so that the fence expires before the lanes could be taken over.
+pub(super) fn session_limits(lease: Duration) -> String {
+    let lease_ms = lease.as_millis();
+    format!(
+        "SET idle_session_timeout = {lease_ms}; SET idle_in_transaction_session_timeout = {lease_ms}; \
+         SET statement_timeout = {}; SET lock_timeout = {}",
+        lease_ms / 2,
+        lease_ms / 4
+    )
+}
+
+/// Keeps the session of `epoch` busy enough that the server does not end it while the relay is
+/// healthy (waiting for broker acknowledgements, or idle). Ends with the session.
+pub(super) async fn heartbeat(
+    session: std::sync::Weak<Mutex<Session>>,
+    epoch: u64,
+    lease: Duration,
+) {
+    let every = lease / 4;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(session) = session.upgrade() else {
+            return;
+        };
+        let mut session = session.lock().await;
+        if session.epoch != epoch || session.conn.is_none() {
+            return;
+        }
+        if session.last_ok.is_some_and(|at| at.elapsed() < every) {
+            continue;
+        }
+        let started = Instant::now();
+        let Some(conn) = session.conn.as_mut() else {
+            return;
+        };
+        match conn.ping().await {
+            Ok(()) => session.renew(started, lease),
+            Err(error) => {
+                session.disconnect(&Error::Database(error));
+                return;
+            }
+        }
+    }
+}
