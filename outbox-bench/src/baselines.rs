@@ -20,7 +20,7 @@ const CLAIM: &str = "SELECT seq, id, topic, key, event_type, source, content_typ
 const DELETE: &str = "DELETE FROM outbox WHERE seq = ANY($1)";
 
 /// A throughput measurement.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct Throughput {
     /// Messages handled.
     pub messages: u64,
@@ -95,8 +95,14 @@ pub async fn raw_claim_delete(
 ) -> anyhow::Result<Throughput> {
     bench.reset().await?;
     crate::workload::fill_backlog(&bench.pool, "bench-raw", count).await?;
-    let mut conn = PgConnection::connect_with(&bench.connect).await?;
     let started = Instant::now();
+    claim_and_delete_all(bench, count, batch_size).await?;
+    Ok(Throughput::new(count, started.elapsed()))
+}
+
+/// Claims and deletes the whole backlog of `count` messages in batches on one connection.
+async fn claim_and_delete_all(bench: &Bench, count: u64, batch_size: usize) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect_with(&bench.connect).await?;
     let mut done = 0_u64;
     loop {
         let taken = claim_and_delete(&mut conn, batch_size).await?;
@@ -105,12 +111,40 @@ pub async fn raw_claim_delete(
         }
         done += taken as u64;
     }
-    let elapsed = started.elapsed();
     conn.close().await?;
     if done != count {
         bail!("raw claim+delete found {done} of {count} messages");
     }
-    Ok(Throughput::new(done, elapsed))
+    Ok(())
+}
+
+/// Baseline (d): both jobs of the relay at once on this machine, uncoupled — baseline (a) over a
+/// backlog of `count` messages and baseline (b) of `count` records to `topic`, started together.
+/// Their throughput is `count` over the time until both finished: the most a relay could reach
+/// here, where the database, the broker and the relay share the cores.
+///
+/// # Errors
+/// When a service fails or a record is not acknowledged.
+pub async fn both_at_once(
+    bench: &Bench,
+    topic: &str,
+    count: u64,
+    batch_size: usize,
+) -> anyhow::Result<Throughput> {
+    bench.reset().await?;
+    crate::workload::fill_backlog(&bench.pool, "bench-raw", count).await?;
+    let started = Instant::now();
+    let (claimed, produced) = tokio::join!(
+        async {
+            claim_and_delete_all(bench, count, batch_size).await?;
+            anyhow::Ok(started.elapsed())
+        },
+        async {
+            raw_produce(bench, topic, count, batch_size).await?;
+            anyhow::Ok(started.elapsed())
+        },
+    );
+    Ok(Throughput::new(count, claimed?.max(produced?)))
 }
 
 /// Chunks of the raw produce baseline in flight at once: enough to keep the producer busy, few

@@ -30,8 +30,14 @@ pub struct DrainReport {
     pub naive: Throughput,
     /// How the naive relay's sample was bounded.
     pub naive_sample: String,
+    /// (d) a and b at once, uncoupled: the machine's ceiling for doing both jobs.
+    #[serde(default)]
+    pub both_at_once: Throughput,
     /// relay / min(a, mean of the two b).
     pub relay_vs_baselines: f64,
+    /// relay / d.
+    #[serde(default)]
+    pub relay_vs_both: f64,
     /// relay / c.
     pub relay_vs_naive: f64,
 }
@@ -82,8 +88,14 @@ pub async fn run(bench: &Bench, options: &Options) -> anyhow::Result<DrainReport
     ));
     let raw_produce = produce(bench, options, count).await?;
     crate::progress(format!(
-        "drain: {:.0} msg/s; relay over {count} messages",
+        "drain: {:.0} msg/s; raw claim+delete and raw produce at once",
         raw_produce.per_second
+    ));
+    let topic = bench.topic("both", options.partitions()).await?;
+    let both_at_once = baselines::both_at_once(bench, &topic, count, options.batch_size()).await?;
+    crate::progress(format!(
+        "drain: {:.0} msg/s; relay over {count} messages",
+        both_at_once.per_second
     ));
     let relay = relay_drain(bench, options, 1, count).await?;
     crate::progress(format!(
@@ -116,7 +128,9 @@ pub async fn run(bench: &Bench, options: &Options) -> anyhow::Result<DrainReport
             naive.seconds,
             window.as_secs()
         ),
+        both_at_once,
         relay_vs_baselines: relay.per_second / floor,
+        relay_vs_both: relay.per_second / both_at_once.per_second.max(1e-9),
         relay_vs_naive: relay.per_second / naive.per_second.max(1e-9),
     })
 }

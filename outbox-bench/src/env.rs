@@ -30,6 +30,9 @@ pub struct Bench {
     /// Producer and admin settings: `bootstrap.servers` and the `-X` properties; the publisher adds
     /// its own defaults.
     pub kafka: ClientConfig,
+    /// The engine settings every relay of the run starts with (batch size and poll interval are
+    /// set per part).
+    pub engine: outbox_core::RelayConfig,
     name: String,
     admin: PgConnectOptions,
 }
@@ -73,10 +76,15 @@ impl Bench {
             kafka.set(key, value);
         }
         crate::progress(format!("database {name} created; broker {brokers}"));
+        let engine = outbox_core::RelayConfig::default()
+            .window(options.window)?
+            .max_in_flight(options.max_in_flight)?
+            .phases(options.phases)?;
         Ok(Self {
             pool,
             connect,
             kafka,
+            engine,
             name,
             admin,
         })

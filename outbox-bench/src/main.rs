@@ -112,6 +112,15 @@ pub struct Options {
     /// Messages per claim, for the relay and for the raw claim+delete baseline.
     #[arg(long, global = true, default_value_t = 500)]
     batch_size: usize,
+    /// The relay's lane window: most messages of one lane in flight.
+    #[arg(long, global = true, default_value_t = 256)]
+    window: usize,
+    /// The relay's in-flight budget, in messages.
+    #[arg(long, global = true, default_value_t = 2000)]
+    max_in_flight: usize,
+    /// Into how many groups the relay's claims split its lanes.
+    #[arg(long, global = true, default_value_t = 2)]
+    phases: usize,
     /// Partitions of every topic the benchmark creates.
     #[arg(long, global = true, default_value_t = 8)]
     partitions: i32,

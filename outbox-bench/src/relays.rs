@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use outbox_core::{CancellationToken, Relay, RelayConfig, RelayStats};
+use outbox_core::{CancellationToken, Relay, RelayStats};
 use outbox_kafka::KafkaPublisher;
 use outbox_postgres::{PgRelayStore, PgRelayStoreConfig};
 
@@ -38,7 +38,9 @@ impl RunningRelay {
         batch_size: usize,
         poll_interval: Duration,
     ) -> anyhow::Result<Self> {
-        let config = RelayConfig::default()
+        let config = bench
+            .engine
+            .clone()
             .batch_size(batch_size)?
             .poll_interval(poll_interval)?;
         let store = Arc::new(PgRelayStore::new(

@@ -117,13 +117,14 @@ impl Queries {
             // Lane windows. $1 horizon, $2 lane count, $3 the idle lanes to claim from, $4 rows read
             // at most (in seq order, through the unpublished index), $5 rows per lane, $6 lanes,
             // $7 rows in all, $8 bytes in all (the first row is taken whatever its size). A topic
-            // of a lane whose message waits for a retry is left out of that lane.
+            // of a lane whose message waits for a retry is left out of that lane. The windows are
+            // chosen on (seq, lane, size) alone; only the chosen rows are read whole.
             claim: format!(
                 "WITH blocked AS (
                      SELECT DISTINCT topic, slot % $2 AS lane FROM {outbox}
                      WHERE published_at IS NULL AND not_before > now()
                  ), prefix AS (
-                     SELECT {MESSAGE_COLUMNS}, slot % $2 AS lane,
+                     SELECT seq, slot % $2 AS lane,
                             octet_length(payload) + coalesce(octet_length(key), 0) + octet_length(headers::text) + 64 AS bytes
                      FROM {outbox} AS o
                      WHERE seq <= $1 AND published_at IS NULL AND (slot % $2) = ANY($3)
@@ -137,10 +138,11 @@ impl Queries {
                  ), chosen AS (
                      SELECT *, dense_rank() OVER (ORDER BY head) AS lane_rank FROM ranked WHERE nth <= $5
                  ), counted AS (
-                     SELECT *, row_number() OVER (ORDER BY seq) AS taken, sum(bytes) OVER (ORDER BY seq) AS taken_bytes
+                     SELECT seq, lane, row_number() OVER (ORDER BY seq) AS taken,
+                            sum(bytes) OVER (ORDER BY seq) AS taken_bytes
                      FROM chosen WHERE lane_rank <= $6
                  )
-                 SELECT {MESSAGE_COLUMNS}, lane FROM counted
+                 SELECT {MESSAGE_COLUMNS}, lane FROM counted JOIN {outbox} USING (seq)
                  WHERE taken <= $7 AND (taken = 1 OR taken_bytes <= $8)
                  ORDER BY seq"
             ),

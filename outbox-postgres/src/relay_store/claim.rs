@@ -87,7 +87,7 @@ impl PgRelayStore {
             .bind(&idle)
             // Read twice what may be taken, so that the lanes taken fill their windows although the
             // lanes left out for this phase have rows in between.
-            .bind(request.max_messages.saturating_mul(2) as i64)
+            .bind(request.max_messages as i64)
             .bind(request.window as i64)
             .bind(most_lanes as i64)
             .bind(request.max_messages as i64)
