@@ -93,11 +93,17 @@ pub async fn raw_claim_delete(
     count: u64,
     batch_size: usize,
 ) -> anyhow::Result<Throughput> {
-    bench.reset().await?;
-    crate::workload::fill_backlog(&bench.pool, "bench-raw", count).await?;
+    fresh_backlog(bench, count).await?;
     let started = Instant::now();
     claim_and_delete_all(bench, count, batch_size).await?;
     Ok(Throughput::new(count, started.elapsed()))
+}
+
+/// Empties the outbox and commits a backlog of `count` messages.
+async fn fresh_backlog(bench: &Bench, count: u64) -> anyhow::Result<()> {
+    bench.reset().await?;
+    crate::workload::fill_backlog(&bench.pool, "bench-raw", count).await?;
+    Ok(())
 }
 
 /// Claims and deletes the whole backlog of `count` messages in batches on one connection.
@@ -131,8 +137,7 @@ pub async fn both_at_once(
     count: u64,
     batch_size: usize,
 ) -> anyhow::Result<Throughput> {
-    bench.reset().await?;
-    crate::workload::fill_backlog(&bench.pool, "bench-raw", count).await?;
+    fresh_backlog(bench, count).await?;
     let started = Instant::now();
     let (claimed, produced) = tokio::join!(
         async {
