@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use outbox_core::Message;
+use outbox_postgres::PgOutbox;
 use outbox_tests::keyed::{
     dead_letter_count, enqueue, max_attempts, outbox_count, verify, wait_until_drained,
     wait_until_outbox_at_most,
@@ -14,10 +16,15 @@ use outbox_tests::{
     run_relay_program, services,
 };
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection};
 
 use crate::relay_program;
 
 const BACKLOG: usize = 5_000;
+/// Messages committed while the broker is down.
+const DURING: usize = 1_000;
+/// Messages committed behind an open enqueuing transaction just before PostgreSQL restarts.
+const HELD: usize = 500;
 const KEYS: usize = 50;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -28,7 +35,7 @@ async fn a_broker_outage_during_a_backlog_loses_nothing_and_drains_after_recover
     let mut broker = PrivateBroker::start().await?;
     let brokers = broker.brokers();
     let topic = create_topic_on(&brokers, 6).await?;
-    let enqueued = enqueue(&db.pool, &topic, 0..BACKLOG, KEYS).await?;
+    let mut enqueued = enqueue(&db.pool, &topic, 0..BACKLOG, KEYS).await?;
 
     // --lease 3s: the relay gives up on a send after 1.5 s (message.timeout.ms = lease / 2).
     let flags = [
@@ -50,9 +57,12 @@ async fn a_broker_outage_during_a_backlog_loses_nothing_and_drains_after_recover
 
     broker.stop().await?;
     let outage = Instant::now();
+    // The relay may have drained the rest of the first part while the broker was stopping; the
+    // messages committed now wait through the whole outage, whatever the machine's speed.
+    enqueued.extend(enqueue(&db.pool, &topic, BACKLOG..BACKLOG + DURING, KEYS).await?);
     let at_stop = db.outbox_count().await?;
     assert!(at_stop > 0, "the outage must begin mid-backlog");
-    // A batch in flight when the broker went away settles once its last message timed out (1.5 s);
+    // A window in flight when the broker went away settles once its last message timed out (1.5 s);
     // what was acknowledged before the outage leaves the outbox then, and nothing after.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let settled_before = db.outbox_count().await?;
@@ -124,9 +134,10 @@ async fn a_broker_outage_during_a_backlog_loses_nothing_and_drains_after_recover
     let records = read_topic_from(&brokers, &topic, usize::MAX, Duration::from_secs(5)).await?;
     let duplicates = verify(&records, &enqueued)?;
     println!(
-        "broker outage: {} records for {BACKLOG} messages, 0 lost, {duplicates} duplicates, \
+        "broker outage: {} records for {} messages, 0 lost, {duplicates} duplicates, \
          max attempts seen {max_seen}, outbox drained {drained_in:?} after the broker answered again",
-        records.len()
+        records.len(),
+        enqueued.len()
     );
     Ok(())
 }
@@ -159,9 +170,22 @@ async fn a_postgres_restart_while_relaying_loses_nothing_and_the_relay_recovers_
     ];
     let mut relay = RelayProcess::spawn_with(relay_program(), &url, &services::brokers()?, &flags)?;
     wait_until_outbox_at_most(&pool, (BACKLOG * 3 / 5) as i64, &relay).await?;
+    // An enqueuing transaction left open holds the publish horizon, so the messages committed after
+    // it wait whatever the relay's speed; the restart ends (rolls back) that transaction.
+    let mut holder = PgConnection::connect(&url).await?;
+    let mut open = holder.begin().await?;
+    PgOutbox::new()
+        .enqueue(
+            &mut open,
+            &Message::builder(&topic).key("held").json(&"rolled back")?,
+        )
+        .await?;
+    enqueued.extend(enqueue(&pool, &topic, BACKLOG..BACKLOG + HELD, KEYS).await?);
 
     pool.close().await;
     postgres.restart(Duration::from_secs(2)).await?;
+    drop(open);
+    drop(holder);
     let restarted = Instant::now();
     let pool = PgPoolOptions::new()
         .max_connections(4)
@@ -170,7 +194,7 @@ async fn a_postgres_restart_while_relaying_loses_nothing_and_the_relay_recovers_
     let at_restart = outbox_count(&pool).await?;
     assert!(at_restart > 0, "the restart must happen mid-backlog");
     // Writers go on after the restart; what they enqueue follows the backlog, key by key.
-    for start in (BACKLOG..BACKLOG + 300).step_by(50) {
+    for start in (BACKLOG + HELD..BACKLOG + HELD + 300).step_by(50) {
         enqueued.extend(enqueue(&pool, &topic, start..start + 50, KEYS).await?);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
