@@ -42,11 +42,7 @@ impl PgRelayStore {
             }
         }
         sqlx::Executor::execute(&mut conn, sqlx::raw_sql(&session_limits(self.lease))).await?;
-        let fence = session.open(conn, started, self.lease);
-        *self
-            .fence
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = fence;
+        session.open(conn, started, self.lease);
         tokio::spawn(heartbeat(
             Arc::downgrade(&self.session),
             session.epoch,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use outbox_core::{ClaimRequest, Fence, LaneStore, Lease, Settled, Settlement, WakeUps, Window};
+use outbox_core::{ClaimRequest, LaneStore, Lease, Settled, Settlement, WakeUps, Window};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use tokio::sync::Mutex;
@@ -59,8 +59,6 @@ pub struct PgRelayStore {
     purge_interval: Duration,
     session: Arc<Mutex<Session>>,
     owned_count: Arc<AtomicUsize>,
-    /// The fence of the current session, readable without the session lock.
-    fence: std::sync::Mutex<Fence>,
     listener: Mutex<Option<PgListener>>,
 }
 
@@ -86,7 +84,6 @@ impl PgRelayStore {
                 ..Session::default()
             })),
             owned_count,
-            fence: std::sync::Mutex::new(Fence::expired()),
             listener: Mutex::new(None),
         }
     }
@@ -100,14 +97,6 @@ impl PgRelayStore {
     /// readiness checks).
     pub fn lanes_owned(&self) -> LanesOwned {
         LanesOwned(self.owned_count.clone())
-    }
-
-    /// The fence of the current session (expired while there is none).
-    pub fn fence(&self) -> Fence {
-        self.fence
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
     }
 }
 

@@ -42,19 +42,17 @@ impl Session {
     }
 
     /// Installs a fresh connection that already holds the membership lock; the lanes start empty.
-    pub fn open(&mut self, conn: PgConnection, started: Instant, lease: Duration) -> Fence {
+    pub fn open(&mut self, conn: PgConnection, started: Instant, lease: Duration) {
         let lost = self.owned.len();
         self.owned.clear();
         self.draining.clear();
         self.lanes_changed("lost", lost);
-        let fence = Fence::expired();
-        self.fence = Some(fence.clone());
+        self.fence = Some(Fence::expired());
         self.conn = Some(conn);
         self.epoch += 1;
         self.horizon = Horizon::default();
         self.last_rebalance = None;
         self.renew(started, lease);
-        fence
     }
 
     /// Records a successful round trip that started at `started`: the lanes are ours until the
