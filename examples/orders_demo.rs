@@ -196,18 +196,11 @@ async fn run_consumer(
     let mut config = kafka.clone();
     config.set("group.id", format!("{topic}-{group}"));
     let inbox = PgInbox::new(pool.clone());
-    let purge = inbox.clone();
     let consumer = InboxConsumer::builder(&config, inbox, "shipping")
         .topics([topic])
         .on("OrderPlaced", ship)
         // Inbox rows older than the topic's retention can go: no redelivery reaches back further.
-        .inbox_retention(
-            InboxRetention::keep(Duration::from_secs(7 * 86_400)),
-            move |before, batch| {
-                let inbox = purge.clone();
-                async move { inbox.purge_older_than(before, batch).await }
-            },
-        )
+        .inbox_retention(InboxRetention::keep(Duration::from_secs(7 * 86_400)))
         .build()?;
     let stop = CancellationToken::new();
     let task = tokio::spawn(consumer.run(stop.clone()));

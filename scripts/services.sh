@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Starts what the demo and the tests need, installing what is missing:
 #   * PostgreSQL on 127.0.0.1:5432 (Debian's package, installed if missing), with wal_level=logical,
+#   * PgBouncer in transaction pooling mode on 127.0.0.1:6432 (Debian's package), in front of it: the
+#     tests show that the relay refuses a pooler that breaks its session locks,
 #   * Apache Kafka (KRaft, one combined broker+controller; scripts/kafka.sh) on 127.0.0.1:9092, its
 #     jars fetched from Maven Central once and cached, its data under .services/kafka/.
 # Waits until both answer, then prints the variables to export (and nothing else on stdout):
 #   eval "$(scripts/services.sh)"
 # Logs go to stderr. A second call while one runs waits for it; a call when all runs changes nothing.
 #
-#   scripts/services.sh stop              stops the Kafka nodes this script started (PostgreSQL stays)
+#   scripts/services.sh stop              stops the Kafka nodes and PgBouncer this script started
+#                                         (PostgreSQL stays)
 #   scripts/services.sh cluster           starts a three-node KRaft cluster on 127.0.0.1:9192-9194
 #                                         (replication factor 3, min.insync.replicas=2), data under
 #                                         .services/cluster/; prints `export KAFKA_CLUSTER_BROKERS=...`
@@ -111,6 +114,9 @@ case ${1:-} in
 stop)
   "$kafka" stop "$single" "$cluster"/node-*
   log "Kafka stopped"
+  if [[ -s $state/pgbouncer/pgbouncer.pid ]] && kill "$(cat "$state/pgbouncer/pgbouncer.pid")" 2>/dev/null; then
+    log "PgBouncer stopped"
+  fi
   exit 0
   ;;
 cluster)
@@ -202,7 +208,56 @@ if [[ $wal_level != logical ]]; then
 fi
 log "PostgreSQL answers on 127.0.0.1:5432 (wal_level=logical)"
 
+# --- PgBouncer (transaction pooling, for the tests that the relay refuses it) --------------------
+pgbouncer_dir=$state/pgbouncer
+pgbouncer_url=postgres://postgres@127.0.0.1:6432/postgres
+if ! port_open 6432; then
+  if ! command -v pgbouncer >/dev/null 2>&1 && [[ ! -x /usr/sbin/pgbouncer ]]; then
+    log "installing PgBouncer (Debian package)"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -qq && apt-get install -y -qq pgbouncer; } >&2 9>&- ||
+      fail "installing Debian's pgbouncer package with apt-get failed"
+  fi
+  mkdir -p "$pgbouncer_dir"
+  cat >"$pgbouncer_dir/pgbouncer.ini" <<INI
+; Written by scripts/services.sh
+[databases]
+* = host=127.0.0.1 port=5432
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = 6432
+auth_type = trust
+auth_file = $pgbouncer_dir/users.txt
+pool_mode = transaction
+default_pool_size = 4
+max_client_conn = 200
+unix_socket_dir =
+logfile = $pgbouncer_dir/pgbouncer.log
+pidfile = $pgbouncer_dir/pgbouncer.pid
+ignore_startup_parameters = extra_float_digits,options
+INI
+  echo '"postgres" ""' >"$pgbouncer_dir/users.txt"
+  rm -f "$pgbouncer_dir/pgbouncer.pid"
+  log "PgBouncer: start"
+  # PgBouncer refuses to run as root; it runs as the database's own system user then.
+  if [[ $(id -u) == 0 ]]; then
+    chown -R postgres "$pgbouncer_dir"
+    su postgres -s /bin/sh -c "exec /usr/sbin/pgbouncer -d '$pgbouncer_dir/pgbouncer.ini'" >&2 9>&- ||
+      fail "could not start PgBouncer (log: $pgbouncer_dir/pgbouncer.log)"
+  else
+    "$(command -v pgbouncer || echo /usr/sbin/pgbouncer)" -d "$pgbouncer_dir/pgbouncer.ini" >&2 9>&- ||
+      fail "could not start PgBouncer (log: $pgbouncer_dir/pgbouncer.log)"
+  fi
+  for ((i = 0; i < 100; i++)); do
+    port_open 6432 && break
+    sleep 0.1
+  done
+  port_open 6432 || fail "PgBouncer does not answer on 127.0.0.1:6432 (log: $pgbouncer_dir/pgbouncer.log)"
+fi
+log "PgBouncer answers on 127.0.0.1:6432 (transaction pooling)"
+
 start_single
 
 echo "export DATABASE_URL=$database_url"
+echo "export PGBOUNCER_URL=$pgbouncer_url"
 echo "export KAFKA_BROKERS=127.0.0.1:9092"

@@ -6,9 +6,34 @@
 //! settling: a relay that was paused past its lease (a stopped process, a long GC-like stall, a
 //! partitioned host) resumes with an expired fence and leaves the batch to the lane's new owner.
 
+//!
+//! The arithmetic, in one place. A store leases lanes for `lease`: after its last successful round
+//! trip started, another relay can take them over no sooner than `lease` later. The fence closes a
+//! [`margin`] earlier, `lease / 5`. A record handed to the broker's client just before the fence
+//! closed is delivered or failed within the publisher's send timeout, so a send timeout of at most
+//! the margin ([`max_send_timeout`]) keeps every send of this relay before the first send of its
+//! successor.
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// How long before the end of a lease the fence closes: a fifth of it.
+pub fn margin(lease: Duration) -> Duration {
+    lease / 5
+}
+
+/// Until when the fence holds after a round trip that started at `started` and confirmed the
+/// lease.
+pub fn deadline(started: Instant, lease: Duration) -> Instant {
+    started + lease - margin(lease)
+}
+
+/// The longest send timeout a publisher may have under `lease`: a record handed over as the fence
+/// closes is settled (delivered or failed) before the lease ends.
+pub fn max_send_timeout(lease: Duration) -> Duration {
+    margin(lease)
+}
 
 /// Shared, cheaply cloned view of the lease deadline.
 #[derive(Debug, Clone)]

@@ -26,7 +26,10 @@ pub const DEFAULT_SOURCE: &str = "/outbox";
 /// Type used when a message sets none (CloudEvents requires one).
 pub const DEFAULT_TYPE: &str = "outbox.message";
 
-/// Whether `name` is set by the relay from the message's own fields, so users may not set it.
+/// Whether `name` is set by the relay from the message's own fields, so users may not set it. Case
+/// is ignored: a consumer that compares header names without it must not be fooled either.
 pub fn is_reserved(name: &str) -> bool {
-    name.starts_with("ce_") || name.eq_ignore_ascii_case(CONTENT_TYPE)
+    name.get(..3)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("ce_"))
+        || name.eq_ignore_ascii_case(CONTENT_TYPE)
 }

@@ -94,8 +94,8 @@ impl MessageBuilder {
         self
     }
 
-    /// Adds a user header. Names the relay writes itself (`ce_*`, `content-type`) are refused when the
-    /// message is built.
+    /// Adds a user header. Names the relay writes itself (`ce_*`, `content-type`, in any case) and
+    /// NUL characters are refused when the message is built.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name.into(), value.into());
         self
@@ -105,7 +105,7 @@ impl MessageBuilder {
     ///
     /// # Errors
     /// [`Error::Serialize`] when `value` cannot be serialized, [`Error::InvalidMessage`] when the
-    /// topic or a header name is invalid.
+    /// message breaks a rule of [`Message::validate`].
     pub fn json<T: Serialize + ?Sized>(self, value: &T) -> Result<Message, Error> {
         let payload = serde_json::to_vec(value).map_err(Error::Serialize)?;
         self.bytes(payload, JSON_CONTENT_TYPE)
@@ -114,28 +114,14 @@ impl MessageBuilder {
     /// Finishes the message with raw payload bytes of the given content type.
     ///
     /// # Errors
-    /// [`Error::InvalidMessage`] when the topic, content type or a header name is invalid.
+    /// [`Error::InvalidMessage`] when the message breaks a rule of [`Message::validate`].
     pub fn bytes(
         self,
         payload: impl Into<Vec<u8>>,
         content_type: impl Into<String>,
     ) -> Result<Message, Error> {
-        validate_topic(&self.topic)?;
         let content_type = content_type.into();
-        if content_type.trim().is_empty() {
-            return Err(Error::InvalidMessage("content type is empty".into()));
-        }
-        for name in self.headers.keys() {
-            if headers::is_reserved(name) {
-                return Err(Error::InvalidMessage(format!(
-                    "header `{name}` is reserved: the relay sets it from the message's own fields"
-                )));
-            }
-            if name.is_empty() {
-                return Err(Error::InvalidMessage("a header name is empty".into()));
-            }
-        }
-        Ok(Message {
+        let message = Message {
             id: self.id.unwrap_or_else(Uuid::now_v7),
             topic: self.topic,
             key: self.key,
@@ -145,7 +131,72 @@ impl MessageBuilder {
             payload: payload.into(),
             headers: self.headers,
             created_at: Utc::now(),
-        })
+        };
+        message.validate()?;
+        Ok(message)
+    }
+}
+
+impl Message {
+    /// Roughly what the message occupies in memory and on the wire: payload, key, headers and the
+    /// fixed attributes. What enqueue limits and the relay's in-flight byte budget count.
+    pub fn size(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum();
+        let fixed = self.topic.len()
+            + self.event_type.as_ref().map_or(0, String::len)
+            + self.source.as_ref().map_or(0, String::len)
+            + self.content_type.len()
+            + 64;
+        (self.payload.len() + self.key.as_ref().map_or(0, Vec::len) + headers + fixed) as u64
+    }
+
+    /// Checks what the builder checks, for a message whose public fields were set or changed by
+    /// hand: a valid topic, a content type, header names that are neither empty nor reserved
+    /// (`ce_*`, `content-type`, in any case: the relay writes those from the message's own fields,
+    /// and a second `ce_id` would make consumers deduplicate the message as another), and no NUL
+    /// character in any text (PostgreSQL text cannot hold one, so the insert would fail the
+    /// caller's business transaction). Enqueuing checks again; a row that fails it is a corrupt row.
+    ///
+    /// # Errors
+    /// [`Error::InvalidMessage`] naming the first field that breaks a rule.
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_topic(&self.topic)?;
+        if self.content_type.trim().is_empty() {
+            return Err(Error::InvalidMessage("content type is empty".into()));
+        }
+        let texts = [
+            ("event type", self.event_type.as_deref()),
+            ("source", self.source.as_deref()),
+            ("content type", Some(self.content_type.as_str())),
+        ];
+        for (what, text) in texts {
+            if text.is_some_and(|t| t.contains('\0')) {
+                return Err(Error::InvalidMessage(format!(
+                    "the {what} contains a NUL character"
+                )));
+            }
+        }
+        for (name, value) in &self.headers {
+            if name.is_empty() {
+                return Err(Error::InvalidMessage("a header name is empty".into()));
+            }
+            if headers::is_reserved(name) {
+                return Err(Error::InvalidMessage(format!(
+                    "header `{name}` is reserved: the relay sets it from the message's own fields"
+                )));
+            }
+            if name.contains('\0') || value.contains('\0') {
+                return Err(Error::InvalidMessage(format!(
+                    "header `{}` contains a NUL character",
+                    name.escape_debug()
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -215,6 +266,45 @@ mod tests {
         assert!(err.to_string().contains("reserved"), "{err}");
         let err = Message::builder("t")
             .bytes(vec![], " ")
+            .expect_err("content type");
+        assert!(err.to_string().contains("content type"), "{err}");
+    }
+
+    #[test]
+    fn reserved_names_are_refused_in_any_case_and_when_set_by_hand() {
+        for name in ["ce_id", "CE_ID", "Ce_Type", "content-type", "Content-Type"] {
+            let err = Message::builder("t")
+                .header(name, "x")
+                .bytes(vec![], "a/b")
+                .expect_err(name);
+            assert!(err.to_string().contains("reserved"), "{name}: {err}");
+        }
+        let mut forged = Message::builder("t").bytes(vec![], "a/b").expect("valid");
+        forged
+            .headers
+            .insert("ce_id".into(), Uuid::now_v7().to_string());
+        let err = forged.validate().expect_err("forged ce_id");
+        assert!(err.to_string().contains("`ce_id` is reserved"), "{err}");
+    }
+
+    #[test]
+    fn nul_characters_are_refused_with_the_field_named() {
+        let cases = [
+            (
+                Message::builder("t").event_type("Order\0Placed"),
+                "event type",
+            ),
+            (Message::builder("t").source("/a\0b"), "source"),
+            (Message::builder("t").header("h", "x\0y"), "header `h`"),
+            (Message::builder("t").header("h\0", "x"), "header `h\\0`"),
+        ];
+        for (builder, field) in cases {
+            let err = builder.bytes(vec![], "a/b").expect_err(field);
+            assert!(err.to_string().contains(field), "{field}: {err}");
+            assert!(err.to_string().contains("NUL"), "{field}: {err}");
+        }
+        let err = Message::builder("t")
+            .bytes(vec![], "a/\0b")
             .expect_err("content type");
         assert!(err.to_string().contains("content type"), "{err}");
     }

@@ -41,6 +41,11 @@ pub const DEAD_LETTERS: &str = "outbox_dead_letters";
 /// Gauge, label `check` (`database`, `broker`, `lanes`): 1 when the last readiness check passed.
 pub const READY: &str = "outbox_ready";
 
+/// Gauge, seconds: how long numbers handed out have waited for open enqueuing transactions (the
+/// publish horizon's lag; 0 when everything committed is claimable). A steady rise means a writer
+/// holds a transaction open: `outbox-relay status` names it.
+pub const HORIZON_LAG: &str = "outbox_horizon_lag_seconds";
+
 /// Registers the help text and unit of every metric with the installed recorder.
 pub fn describe() {
     describe_counter!(
@@ -77,6 +82,11 @@ pub fn describe() {
     );
     describe_gauge!(DEAD_LETTERS, Unit::Count, "Rows in the dead-letter table.");
     describe_gauge!(READY, "1 when the last readiness check passed, by check.");
+    describe_gauge!(
+        HORIZON_LAG,
+        Unit::Seconds,
+        "How long messages have waited for open enqueuing transactions before they could be claimed; 0 when none waits."
+    );
 }
 
 /// The label value of an error kind.
@@ -133,6 +143,11 @@ pub(crate) fn abandoned() {
 /// Counts a failed database operation.
 pub fn database_error(operation: &'static str) {
     counter!(DATABASE_ERRORS, "operation" => operation).increment(1);
+}
+
+/// Records the publish horizon's lag (see [`HORIZON_LAG`]).
+pub fn horizon_lag(lag: std::time::Duration) {
+    gauge!(HORIZON_LAG).set(lag.as_secs_f64());
 }
 
 /// Sets the number of lanes owned and counts the change.

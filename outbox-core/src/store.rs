@@ -27,18 +27,7 @@ impl StoredMessage {
     /// Roughly what the message occupies in memory and on the wire: payload, key, headers and the
     /// fixed attributes. What the relay's in-flight byte budget counts.
     pub fn size(&self) -> u64 {
-        let message = &self.message;
-        let headers: usize = message
-            .headers
-            .iter()
-            .map(|(name, value)| name.len() + value.len())
-            .sum();
-        let fixed = message.topic.len()
-            + message.event_type.as_ref().map_or(0, String::len)
-            + message.source.as_ref().map_or(0, String::len)
-            + message.content_type.len()
-            + 64;
-        (message.payload.len() + message.key.as_ref().map_or(0, Vec::len) + headers + fixed) as u64
+        self.message.size()
     }
 }
 

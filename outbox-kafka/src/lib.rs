@@ -15,6 +15,7 @@ pub mod dead_letter;
 mod error;
 mod handler;
 mod offsets;
+pub mod partition_watch;
 mod producer_config;
 mod publisher;
 mod received;
@@ -23,12 +24,13 @@ mod span;
 mod topic_route;
 
 pub use consumer::{
-    ConsumerStats, InboxConsumer, InboxConsumerBuilder, InboxRetention, StatsHandle,
+    ConsumerStats, InHand, InboxConsumer, InboxConsumerBuilder, InboxRetention, RECORD_STARTED,
+    StatsHandle,
 };
 pub use dead_letter::DeadLetterReason;
 pub use error::{Error, classify};
 pub use handler::{Handler, HandlerFuture, UnknownTypes, handler_fn};
-pub use publisher::KafkaPublisher;
+pub use publisher::{KafkaPublisher, Producer};
 pub use rdkafka::ClientConfig;
 pub use received::Received;
 pub use topic_route::TopicRoute;

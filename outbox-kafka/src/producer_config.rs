@@ -16,9 +16,12 @@ const DEFAULTS: &[(&str, &str)] = &[
     // 3.5 ms) and a faster drain on the benchmark.
     ("linger.ms", "1"),
     // Give up on a send after 5 s (the relay retries it with backoff). The relay refuses a send
-    // timeout that is not well inside the store's lease: a message still queued when a paused relay
-    // resumes past its lease then fails instead of being sent after another relay took the lane.
+    // timeout above a fifth of the store's lease (`outbox_core::fence`): a record handed over just
+    // before a paused relay's fence closed is then settled before another relay can take the lane.
     ("message.timeout.ms", "5000"),
+    // Statistics every 10 s: how the publisher notices that a topic's partition count changed
+    // (`partition_watch.rs`); one small report, parsed off the send path.
+    ("statistics.interval.ms", "10000"),
 ];
 
 /// librdkafka's second names of settings the checks read: one value, whichever name carries it.

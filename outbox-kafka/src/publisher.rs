@@ -12,9 +12,10 @@ use outbox_core::{
 };
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::error::{Error, classify};
+use crate::partition_watch::PartitionWatch;
 use crate::producer_config;
 use crate::record;
 use crate::topic_route::TopicRoute;
@@ -39,15 +40,18 @@ impl std::fmt::Debug for KafkaPublisher {
     }
 }
 
+/// The relay's producer: its context watches the topics' partition counts.
+pub type Producer = FutureProducer<PartitionWatch>;
+
 /// The producer in use, replaced after a fatal error, and the configuration to make a new one from.
 #[derive(Clone)]
 struct ProducerSlot {
-    producer: Arc<std::sync::RwLock<FutureProducer>>,
+    producer: Arc<std::sync::RwLock<Producer>>,
     config: Arc<ClientConfig>,
 }
 
 impl ProducerSlot {
-    fn get(&self) -> FutureProducer {
+    fn get(&self) -> Producer {
         self.producer
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -58,7 +62,7 @@ impl ProducerSlot {
     /// yet): an idempotent producer that hit one (a sequence or epoch it cannot recover from) fails
     /// every later send until it is recreated. Nothing is lost: the failed messages are retried.
     /// (After a delivery timeout librdkafka bumps the producer epoch itself and goes on.)
-    fn renew_after_fatal_error(&self, failed: &FutureProducer) {
+    fn renew_after_fatal_error(&self, failed: &Producer) {
         let Some(fatal) = failed.client().fatal_error() else {
             return;
         };
@@ -69,7 +73,7 @@ impl ProducerSlot {
         if current.client().native_ptr() != failed.client().native_ptr() {
             return;
         }
-        match self.config.create::<FutureProducer>() {
+        match self.config.create_with_context(PartitionWatch::default()) {
             Ok(fresh) => {
                 tracing::warn!(?fatal, "replacing the Kafka producer after a fatal error");
                 *current = fresh;
@@ -97,7 +101,9 @@ impl KafkaPublisher {
             .to_owned();
         Ok(Self {
             producer: ProducerSlot {
-                producer: Arc::new(std::sync::RwLock::new(config.create()?)),
+                producer: Arc::new(std::sync::RwLock::new(
+                    config.create_with_context(PartitionWatch::default())?,
+                )),
                 config: Arc::new(config),
             },
             brokers,
@@ -139,7 +145,7 @@ impl KafkaPublisher {
     }
 
     /// The producer in use (a cheap handle).
-    pub fn producer(&self) -> FutureProducer {
+    pub fn producer(&self) -> Producer {
         self.producer.get()
     }
 }
@@ -198,7 +204,7 @@ impl KafkaPublisher {
     /// fence expires while it waits.
     async fn enqueue(
         &self,
-        producer: &FutureProducer,
+        producer: &Producer,
         stored: &StoredMessage,
         fence: &Fence,
     ) -> Result<rdkafka::producer::DeliveryFuture, PublishError> {
@@ -208,10 +214,13 @@ impl KafkaPublisher {
             .route(&message.topic)
             .map_err(|reason| PublishError::new(PublishErrorKind::UnknownTopic, reason))?;
         let headers = record::headers(message);
+        // No timestamp: librdkafka stamps the send time. The creation time travels as `ce_time`;
+        // as the record's timestamp it would let time-based retention delete a backlog drained
+        // after an outage soon after it was acknowledged, and brokers bounding timestamps
+        // (`message.timestamp.before.max.ms`) refuse it.
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic)
             .payload(message.payload.as_slice())
-            .headers(headers)
-            .timestamp(message.created_at.timestamp_millis());
+            .headers(headers);
         if let Some(key) = &message.key {
             record = record.key(key.as_slice());
         }

@@ -45,7 +45,8 @@ impl RawRecord {
     /// Decodes the CloudEvents headers.
     ///
     /// # Errors
-    /// [`Error::UndecodableRecord`] when there is no `ce_id` header holding a UUID.
+    /// [`Error::UndecodableRecord`] when there is no `ce_id` header holding a UUID, or when one of
+    /// `ce_id`, `ce_type`, `ce_source`, `ce_time` and `content-type` appears more than once.
     pub fn decode(&self) -> Result<Received, Error> {
         let undecodable = |reason: String| Error::UndecodableRecord {
             topic: self.topic.clone(),
@@ -69,15 +70,23 @@ impl RawRecord {
         };
         for (key, value) in &self.headers {
             let value = String::from_utf8_lossy(value.as_deref().unwrap_or_default()).into_owned();
-            match key.as_str() {
-                CE_ID => id = Some(value),
-                CE_TYPE => received.event_type = Some(value),
-                CE_SOURCE => received.source = Some(value),
-                CE_TIME => received.time = Some(value),
-                CONTENT_TYPE => received.content_type = Some(value),
+            let slot = match key.as_str() {
+                CE_ID => &mut id,
+                CE_TYPE => &mut received.event_type,
+                CE_SOURCE => &mut received.source,
+                CE_TIME => &mut received.time,
+                CONTENT_TYPE => &mut received.content_type,
                 _ => {
                     received.headers.insert(key.clone(), value);
+                    continue;
                 }
+            };
+            // A second value would be a forgery (or a broken producer): which one is the message's
+            // identity cannot be told, so the record is not guessed at.
+            if slot.replace(value).is_some() {
+                return Err(undecodable(format!(
+                    "header `{key}` appears more than once"
+                )));
             }
         }
         let id = id.ok_or_else(|| undecodable("no ce_id header".into()))?;
@@ -204,5 +213,28 @@ pub(crate) mod tests {
             .expect_err("bad id");
         assert!(garbled.to_string().contains("not a UUID"), "{garbled}");
         assert!(garbled.to_string().contains("orders/2@7"), "{garbled}");
+    }
+
+    #[test]
+    fn a_record_with_a_fixed_header_twice_is_undecodable_whichever_comes_last() {
+        let (real, forged) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
+        for (name, first, second) in [
+            ("ce_id", real.as_str(), forged.as_str()),
+            ("ce_type", "OrderPlaced", "OrderCancelled"),
+            ("content-type", "application/json", "text/plain"),
+        ] {
+            let mut headers = vec![("ce_id", real.as_str())];
+            if name != "ce_id" {
+                headers.push((name, first));
+            }
+            headers.push((name, second));
+            let error = raw(&headers, "{}").decode().expect_err(name);
+            assert!(
+                error
+                    .to_string()
+                    .contains(&format!("`{name}` appears more than once")),
+                "{name}: {error}"
+            );
+        }
     }
 }

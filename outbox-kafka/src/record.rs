@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | key | the message key |
 //! | value | the payload bytes |
-//! | timestamp | the message's creation time |
+//! | timestamp | the publish time (the creation time would let retention delete an old backlog on arrival) |
 //! | `ce_id` | the message id (what inboxes deduplicate on) |
 //! | `ce_type`, `ce_source` | the event type and source (defaults when unset, as CloudEvents requires both) |
 //! | `ce_specversion` | `1.0` |

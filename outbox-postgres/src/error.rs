@@ -40,9 +40,26 @@ pub enum Error {
         name: String,
     },
 
+    /// A name PostgreSQL derives from the configured ones would exceed its 63-byte limit.
+    #[error(
+        "the {what} name `{name}` ({} bytes), derived from the configured schema and table names, exceeds PostgreSQL's 63-byte limit; choose shorter names",
+        name.len()
+    )]
+    DerivedNameTooLong {
+        /// Which derived name.
+        what: &'static str,
+        /// The name as derived.
+        name: String,
+    },
+
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Config(String),
+
+    /// The database does not meet what the relay's guarantees need (a schema changed by hand, a
+    /// connection pooler that breaks session state); the message says what and how to fix it.
+    #[error("{0}")]
+    Unsupported(String),
 
     /// Another relay over the same outbox runs with a different number of lanes; running both would
     /// break per-key order.
@@ -60,6 +77,30 @@ pub enum Error {
     /// the next claim opens a new one.
     #[error("the relay session is gone; its lanes were released")]
     SessionLost,
+
+    /// A message breaks a rule of [`outbox_core::Message::validate`]; nothing was enqueued.
+    #[error("message {id} cannot be enqueued")]
+    InvalidMessage {
+        /// The message's id.
+        id: uuid::Uuid,
+        /// The rule it breaks.
+        #[source]
+        source: outbox_core::Error,
+    },
+
+    /// A message is larger than the outbox accepts ([`crate::PgOutbox::max_message_bytes`]);
+    /// nothing was enqueued.
+    #[error(
+        "message {id} is {size} bytes, above the outbox's limit of {limit} bytes (PgOutbox::max_message_bytes; the broker's message.max.bytes must allow it too)"
+    )]
+    MessageTooLarge {
+        /// The message's id.
+        id: uuid::Uuid,
+        /// Its size as [`outbox_core::Message::size`] counts it.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
 
     /// A message could not be encoded for storage.
     #[error("message {id} could not be encoded")]

@@ -33,7 +33,7 @@ pub use dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterRow, PgDeadLetter
 pub use error::Error;
 pub use inbox::PgInbox;
 pub use migrations::{Migration, migrate, migrations, pending_migrations};
-pub use outbox::PgOutbox;
+pub use outbox::{DEFAULT_MAX_MESSAGE_BYTES, PgOutbox};
 pub use relay_store::{LanesOwned, PgRelayStore, PgRelayStoreConfig};
-pub use status::{OutboxStatus, PgStatus, RelaySession, TopicBacklog};
+pub use status::{OpenWriter, OutboxStatus, PgStatus, RelaySession, TopicBacklog};
 pub use tables::Tables;

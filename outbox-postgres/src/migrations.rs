@@ -8,6 +8,7 @@
 use sqlx::{Connection, PgConnection, Row};
 
 use crate::error::Error;
+use crate::queries::WRITER_KEY;
 use crate::tables::Tables;
 
 /// Advisory lock key (second half) serializing migrations of one outbox.
@@ -35,6 +36,11 @@ const TEMPLATES: &[(i64, &str, &str)] = &[
         "retention of published messages",
         include_str!("../migrations/0002_retention.sql"),
     ),
+    (
+        3,
+        "numbering under the writer lock, the slot function, inbox purge per consumer",
+        include_str!("../migrations/0003_writer_lock_in_sql.sql"),
+    ),
 ];
 
 /// The migrations, rendered for `tables`, oldest first.
@@ -53,6 +59,12 @@ fn render(template: &str, tables: &Tables) -> String {
     let sequence = tables.sequence();
     template
         .replace("{sequence_text}", &sequence.replace('\'', "''"))
+        .replace("{next_seq}", &tables.next_seq_function())
+        .replace("{slot_function}", &tables.slot_function())
+        .replace("{lock_namespace}", &tables.lock_namespace().to_string())
+        .replace("{writer_key}", &WRITER_KEY.to_string())
+        .replace("{slots}", &outbox_core::lane::SLOTS.to_string())
+        .replace("{schema}", &format!("\"{}\"", tables.schema_name()))
         .replace("{sequence}", &sequence)
         .replace("{outbox}", &tables.outbox_table())
         .replace("{outbox_name}", tables.outbox_name())

@@ -38,7 +38,11 @@ use crate::tables::Tables;
 pub struct PgOutbox {
     queries: Arc<Queries>,
     notify: bool,
+    max_message_bytes: u64,
 }
+
+/// The default of [`PgOutbox::max_message_bytes`]: 1 MiB, Kafka's default record limit.
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
 
 impl Default for PgOutbox {
     fn default() -> Self {
@@ -57,7 +61,18 @@ impl PgOutbox {
         Self {
             queries: Arc::new(Queries::new(tables)),
             notify: true,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
+    }
+
+    /// The largest message [`enqueue`](Self::enqueue) accepts, as [`Message::size`] counts it
+    /// (payload, key, headers and attributes). Default [`DEFAULT_MAX_MESSAGE_BYTES`], Kafka's
+    /// default record limit; raise it together with the broker's `message.max.bytes` and the
+    /// producer's. A larger message is refused in the caller's transaction, with a clear error,
+    /// instead of failing at the broker long after the business transaction committed.
+    pub fn max_message_bytes(mut self, limit: u64) -> Self {
+        self.max_message_bytes = limit;
+        self
     }
 
     /// Whether enqueuing wakes the relays with `NOTIFY` when the transaction commits. Default on;
@@ -70,7 +85,11 @@ impl PgOutbox {
     /// Adds one message to the outbox, as part of whatever transaction `conn` is in.
     ///
     /// # Errors
-    /// [`Error::Database`] when the insert fails, e.g. a message with the same id is already stored.
+    /// [`Error::InvalidMessage`] when the message breaks a rule of [`Message::validate`] (its public
+    /// fields may have been changed after it was built), [`Error::MessageTooLarge`] above
+    /// [`max_message_bytes`](Self::max_message_bytes), [`Error::Database`] when the insert fails,
+    /// e.g. a message with the same id is already stored. The transaction stays usable after the
+    /// first two: nothing was sent to the database.
     pub async fn enqueue(&self, conn: &mut PgConnection, message: &Message) -> Result<(), Error> {
         self.enqueue_all(conn, std::slice::from_ref(message)).await
     }
@@ -79,7 +98,8 @@ impl PgOutbox {
     /// transaction `conn` is in.
     ///
     /// # Errors
-    /// [`Error::Database`] when the insert fails; then none of the messages is stored.
+    /// As [`enqueue`](Self::enqueue), for the first message that fails; then none of the messages
+    /// is stored.
     pub async fn enqueue_all(
         &self,
         conn: &mut PgConnection,
@@ -87,6 +107,9 @@ impl PgOutbox {
     ) -> Result<(), Error> {
         if messages.is_empty() {
             return Ok(());
+        }
+        for message in messages {
+            self.check(message)?;
         }
         let c = Columns::of(messages);
         let sql = if self.notify {
@@ -107,6 +130,22 @@ impl PgOutbox {
             .bind(c.created_at)
             .execute(conn)
             .await?;
+        Ok(())
+    }
+
+    fn check(&self, message: &Message) -> Result<(), Error> {
+        message.validate().map_err(|source| Error::InvalidMessage {
+            id: message.id,
+            source,
+        })?;
+        let size = message.size();
+        if size > self.max_message_bytes {
+            return Err(Error::MessageTooLarge {
+                id: message.id,
+                size,
+                limit: self.max_message_bytes,
+            });
+        }
         Ok(())
     }
 }

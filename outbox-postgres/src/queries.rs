@@ -16,6 +16,9 @@ pub(crate) const MEMBER_BASE: i32 = 1 << 20;
 /// Enqueuing transactions hold this, shared, until they end.
 pub(crate) const WRITER_KEY: i32 = 2 << 20;
 
+/// The transaction-local setting that marks an inbox transaction as open.
+const INBOX_MARK: &str = "outbox.inbox_transaction";
+
 /// The filter of the dead-letter statements; parameters `$1..$6` (see `dead_letters.rs`).
 const DEAD_LETTER_FILTER: &str = "($1::uuid[] IS NULL OR id = ANY($1))
     AND ($2::text IS NULL OR topic = $2)
@@ -28,8 +31,19 @@ const DEAD_LETTER_FILTER: &str = "($1::uuid[] IS NULL OR id = ANY($1))
 pub(crate) const MESSAGE_COLUMNS: &str =
     "seq, id, topic, key, event_type, source, content_type, payload, headers, created_at, attempts";
 
+/// Names of the outbox's objects, for messages.
+#[derive(Debug)]
+pub(crate) struct Names {
+    pub outbox: String,
+    pub sequence: String,
+    pub next_seq_function: String,
+    /// Unqualified: what a default expression names when the schema is on the search path.
+    pub next_seq_function_bare: String,
+}
+
 #[derive(Debug)]
 pub(crate) struct Queries {
+    pub names: Names,
     pub namespace: i32,
     pub enqueue: String,
     pub enqueue_quiet: String,
@@ -43,6 +57,7 @@ pub(crate) struct Queries {
     pub acquire_lanes: String,
     pub release_lanes: String,
     pub inbox_record: String,
+    pub inbox_intact: String,
     pub inbox_purge: String,
     pub dead_letters_list: String,
     pub dead_letters_replay: String,
@@ -51,6 +66,8 @@ pub(crate) struct Queries {
     pub status_backlog: String,
     pub status_dead_letters: String,
     pub status_relays: String,
+    pub status_writers: String,
+    pub schema_check: String,
 }
 
 impl Queries {
@@ -103,6 +120,12 @@ impl Queries {
             )
         };
         Self {
+            names: Names {
+                outbox: outbox.clone(),
+                sequence: sequence.clone(),
+                next_seq_function: tables.next_seq_function(),
+                next_seq_function_bare: format!("{}_next_seq", tables.outbox_name()),
+            },
             namespace: ns,
             enqueue: enqueue(&format!("AND pg_notify('{channel}', '') IS NOT NULL")),
             enqueue_quiet: enqueue(""),
@@ -186,9 +209,14 @@ impl Queries {
             release_lanes: format!(
                 "SELECT count(*) FILTER (WHERE pg_advisory_unlock({ns}, lane)) FROM UNNEST($1::int4[]) AS lane"
             ),
+            // Marks the transaction as well (a setting local to it), so that `inbox_intact` can
+            // tell it still runs: the mark is gone once it ended, however it ended.
             inbox_record: format!(
-                "INSERT INTO {inbox} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+                "INSERT INTO {inbox} (consumer, message_id)
+                 SELECT $1, $2 FROM (SELECT set_config('{INBOX_MARK}', 'open', true)) AS marked
+                 ON CONFLICT DO NOTHING"
             ),
+            inbox_intact: format!("SELECT coalesce(current_setting('{INBOX_MARK}', true), '') = 'open'"),
             dead_letters_list: format!(
                 "SELECT seq, id, topic, key, event_type, length(payload) AS payload_bytes, attempts, error,
                         created_at, dead_lettered_at
@@ -237,9 +265,31 @@ impl Queries {
                  GROUP BY a.pid, a.client_addr, a.backend_start
                  ORDER BY a.backend_start, a.pid"
             ),
+            // One consumer's rows only, through the (consumer, received_at) index.
+            // Transactions holding the writer lock, oldest first: what holds the horizon back.
+            status_writers: format!(
+                "SELECT a.pid, a.application_name, a.client_addr::text AS client_addr, a.state,
+                        greatest(extract(epoch FROM now() - a.xact_start), 0)::float8 AS open_seconds,
+                        left(a.query, 200) AS query
+                 FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND l.{this_database} AND l.granted
+                   AND l.classid = {ns} AND l.objid = {WRITER_KEY} AND l.objsubid = 2
+                 ORDER BY a.xact_start, a.pid"
+            ),
+            // What the horizon needs of the schema: the sequence hands out one number at a time,
+            // and the `seq` default takes the writer lock before it does.
+            schema_check: format!(
+                "SELECT (SELECT cache_size FROM pg_sequences WHERE schemaname = '{schema}' AND sequencename = '{sequence_name}'),
+                        (SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef AS d
+                         JOIN pg_attribute AS a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+                         WHERE d.adrelid = to_regclass('{outbox_text}') AND a.attname = 'seq')",
+                schema = tables.schema_name(),
+                sequence_name = tables.sequence_name(),
+                outbox_text = outbox.replace('\'', "''"),
+            ),
             inbox_purge: format!(
                 "DELETE FROM {inbox} WHERE ctid = ANY(ARRAY(
-                     SELECT ctid FROM {inbox} WHERE received_at < $1 LIMIT $2))"
+                     SELECT ctid FROM {inbox} WHERE consumer = $1 AND received_at < $2 LIMIT $3))"
             ),
         }
     }

@@ -42,6 +42,11 @@ pub(crate) fn decode(row: &PgRow) -> Result<StoredMessage, CorruptRow> {
             .try_get::<DateTime<Utc>, _>("created_at")
             .map_err(field)?,
     };
+    // Rows written without the library (plain SQL, a trigger) are checked as enqueue checks: a
+    // reserved header would make the record's `ce_id` a forgery.
+    message
+        .validate()
+        .map_err(|e| corrupt(format!("unpublishable: {e}")))?;
     Ok(StoredMessage {
         seq,
         attempts: u32::try_from(attempts)

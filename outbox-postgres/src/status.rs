@@ -1,4 +1,5 @@
-//! The state of one outbox at a glance: backlog per topic, dead letters, running relays.
+//! The state of one outbox at a glance: backlog per topic, dead letters, running relays, and the
+//! open enqueuing transactions that hold the publish horizon back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,25 @@ pub struct RelaySession {
     pub lanes: i64,
 }
 
+/// A transaction that enqueued and is still open. Until it ends, the relay claims nothing numbered
+/// after its messages: one writer that keeps its transaction open (waiting on a remote call, say)
+/// holds back every lane.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenWriter {
+    /// The server process id of its session.
+    pub pid: i32,
+    /// The session's `application_name`.
+    pub application_name: Option<String>,
+    /// The client's address (`None` for a Unix socket).
+    pub client_addr: Option<String>,
+    /// `active`, `idle in transaction`, ...
+    pub state: Option<String>,
+    /// How long its transaction has been open.
+    pub open_for: Duration,
+    /// The start of its last statement.
+    pub query: Option<String>,
+}
+
 /// What [`PgStatus::status`] reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxStatus {
@@ -46,6 +66,8 @@ pub struct OutboxStatus {
     /// Running relays (sessions with application name `outbox-relay` holding this outbox's locks),
     /// oldest session first.
     pub relays: Vec<RelaySession>,
+    /// Open transactions that enqueued, oldest first: what holds the publish horizon back.
+    pub writers: Vec<OpenWriter>,
 }
 
 impl OutboxStatus {
@@ -84,7 +106,7 @@ impl PgStatus {
         }
     }
 
-    /// Backlog per topic, dead-letter count and running relays. Counting the backlog scans the
+    /// Backlog per topic, dead-letter count, running relays and open writers. Counting the backlog scans the
     /// unpublished rows.
     ///
     /// # Errors
@@ -110,10 +132,27 @@ impl PgStatus {
         let relays = sqlx::query_as(&self.queries.status_relays)
             .fetch_all(&self.pool)
             .await?;
+        let writers = sqlx::query(&self.queries.status_writers)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|row| {
+                let open: f64 = row.try_get("open_seconds")?;
+                Ok(OpenWriter {
+                    pid: row.try_get("pid")?,
+                    application_name: row.try_get("application_name")?,
+                    client_addr: row.try_get("client_addr")?,
+                    state: row.try_get("state")?,
+                    open_for: Duration::try_from_secs_f64(open).unwrap_or_default(),
+                    query: row.try_get("query")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
         Ok(OutboxStatus {
             backlog,
             dead_letters,
             relays,
+            writers,
         })
     }
 }

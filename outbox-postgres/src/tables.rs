@@ -28,6 +28,9 @@ impl Default for Tables {
     }
 }
 
+/// PostgreSQL's longest identifier (NAMEDATALEN - 1).
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
 fn identifier(what: &'static str, name: impl Into<String>) -> Result<String, Error> {
     let name = name.into();
     let mut chars = name.chars();
@@ -35,7 +38,7 @@ fn identifier(what: &'static str, name: impl Into<String>) -> Result<String, Err
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
     let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if first_ok && rest_ok && name.len() <= 63 {
+    if first_ok && rest_ok && name.len() <= MAX_IDENTIFIER_BYTES {
         Ok(name)
     } else {
         Err(Error::InvalidIdentifier { what, name })
@@ -49,7 +52,7 @@ impl Tables {
     /// [`Error::InvalidIdentifier`] unless the name is a plain lowercase identifier.
     pub fn schema(mut self, name: impl Into<String>) -> Result<Self, Error> {
         self.schema = identifier("schema", name)?;
-        Ok(self)
+        self.check_derived()
     }
 
     /// The outbox table. Default `outbox`.
@@ -58,7 +61,7 @@ impl Tables {
     /// [`Error::InvalidIdentifier`] unless the name is a plain lowercase identifier.
     pub fn outbox(mut self, name: impl Into<String>) -> Result<Self, Error> {
         self.outbox = identifier("outbox table", name)?;
-        Ok(self)
+        self.check_derived()
     }
 
     /// The dead-letter table. Default `outbox_dead_letters`.
@@ -67,7 +70,7 @@ impl Tables {
     /// [`Error::InvalidIdentifier`] unless the name is a plain lowercase identifier.
     pub fn dead_letters(mut self, name: impl Into<String>) -> Result<Self, Error> {
         self.dead_letters = identifier("dead-letter table", name)?;
-        Ok(self)
+        self.check_derived()
     }
 
     /// The inbox table. Default `inbox`.
@@ -76,7 +79,7 @@ impl Tables {
     /// [`Error::InvalidIdentifier`] unless the name is a plain lowercase identifier.
     pub fn inbox(mut self, name: impl Into<String>) -> Result<Self, Error> {
         self.inbox = identifier("inbox table", name)?;
-        Ok(self)
+        self.check_derived()
     }
 
     /// The table recording applied migrations. Default `outbox_migrations`.
@@ -85,6 +88,41 @@ impl Tables {
     /// [`Error::InvalidIdentifier`] unless the name is a plain lowercase identifier.
     pub fn migrations(mut self, name: impl Into<String>) -> Result<Self, Error> {
         self.migrations = identifier("migrations table", name)?;
+        Ok(self)
+    }
+
+    /// Names PostgreSQL derives from the configured ones (sequence, functions, indexes, wake-up
+    /// channel), each checked against its 63-byte limit: longer ones would be truncated (the
+    /// sequence of a 63-character outbox onto the table's own name) or refused (the channel,
+    /// failing every enqueue).
+    fn derived(&self) -> [(&'static str, String); 11] {
+        let outbox = &self.outbox;
+        [
+            ("sequence", format!("{outbox}_seq")),
+            ("sequence function", format!("{outbox}_next_seq")),
+            ("slot function", format!("{outbox}_slot")),
+            ("id index", format!("{outbox}_id_key")),
+            ("retry index", format!("{outbox}_not_before_idx")),
+            ("claim index", format!("{outbox}_unpublished_idx")),
+            ("retention index", format!("{outbox}_published_at_idx")),
+            (
+                "dead-letter index",
+                format!("{}_topic_idx", self.dead_letters),
+            ),
+            ("inbox purge index", format!("{}_purge_idx", self.inbox)),
+            ("old inbox index", format!("{}_received_at_idx", self.inbox)),
+            ("wake-up channel", self.channel()),
+        ]
+    }
+
+    fn check_derived(self) -> Result<Self, Error> {
+        if let Some((what, name)) = self
+            .derived()
+            .into_iter()
+            .find(|(_, name)| name.len() > MAX_IDENTIFIER_BYTES)
+        {
+            return Err(Error::DerivedNameTooLong { what, name });
+        }
         Ok(self)
     }
 
@@ -120,6 +158,21 @@ impl Tables {
     /// The sequence numbering the outbox.
     pub(crate) fn sequence(&self) -> String {
         self.qualified(&format!("{}_seq", self.outbox))
+    }
+
+    /// The bare name of the sequence, as `pg_sequences` lists it.
+    pub(crate) fn sequence_name(&self) -> String {
+        format!("{}_seq", self.outbox)
+    }
+
+    /// The function that numbers a row under the writer lock (the `seq` column's default).
+    pub(crate) fn next_seq_function(&self) -> String {
+        self.qualified(&format!("{}_next_seq", self.outbox))
+    }
+
+    /// The function that computes a message's slot from its key (or id), as the library does.
+    pub fn slot_function(&self) -> String {
+        self.qualified(&format!("{}_slot", self.outbox))
     }
 
     /// Bare names, for index names.
@@ -169,6 +222,35 @@ mod tests {
             let err = Tables::default().outbox(bad).expect_err(bad);
             assert!(err.to_string().contains("outbox table"), "{err}");
         }
+    }
+
+    #[test]
+    fn names_whose_derived_names_exceed_postgresql_limits_are_refused_with_the_name_given() {
+        // A 63-character outbox: its sequence would be truncated onto the table's own name.
+        let err = Tables::default()
+            .outbox("o".repeat(63))
+            .expect_err("sequence too long");
+        assert!(err.to_string().contains("sequence"), "{err}");
+        // Each name fits, together the wake-up channel does not: every enqueue would fail.
+        let err = Tables::default()
+            .schema("s".repeat(30))
+            .and_then(|t| t.outbox("o".repeat(30)))
+            .expect_err("channel too long");
+        let text = err.to_string();
+        assert!(text.contains("wake-up channel"), "{text}");
+        assert!(
+            text.contains(&format!("{}_{}_wakeup", "s".repeat(30), "o".repeat(30))),
+            "{text}"
+        );
+        let err = Tables::default()
+            .inbox("i".repeat(60))
+            .expect_err("index too long");
+        assert!(err.to_string().contains("inbox purge index"), "{err}");
+        let longest = "o".repeat(46);
+        let tables = Tables::default()
+            .outbox(&longest)
+            .expect("46 characters fit");
+        assert!(tables.derived().iter().all(|(_, name)| name.len() <= 63));
     }
 
     #[test]

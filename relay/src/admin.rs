@@ -60,6 +60,14 @@ fn status_json(status: &OutboxStatus) -> Value {
             "backend_start": relay.backend_start.map(|t| t.to_rfc3339()),
             "lanes": relay.lanes,
         })).collect::<Vec<_>>(),
+        "open_writers": status.writers.iter().map(|writer| json!({
+            "pid": writer.pid,
+            "application_name": writer.application_name,
+            "client_addr": writer.client_addr,
+            "state": writer.state,
+            "open_seconds": writer.open_for.as_secs_f64(),
+            "query": writer.query,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -108,6 +116,34 @@ fn status_text(status: &OutboxStatus) -> String {
                     .backend_start
                     .map_or_else(|| "-".to_owned(), |t| t.to_rfc3339()),
                 relay.lanes.to_string(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    let _ = writeln!(
+        out,
+        "\nOpen enqueuing transactions: {}",
+        status.writers.len()
+    );
+    if !status.writers.is_empty() {
+        out.push_str(
+            "(nothing numbered after the oldest one's messages is published until it ends)\n",
+        );
+        let mut rows = vec![[
+            "PID".to_owned(),
+            "APPLICATION".to_owned(),
+            "STATE".to_owned(),
+            "OPEN FOR".to_owned(),
+            "LAST STATEMENT".to_owned(),
+        ]];
+        for writer in &status.writers {
+            let text = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
+            rows.push([
+                writer.pid.to_string(),
+                text(&writer.application_name),
+                text(&writer.state),
+                age(writer.open_for),
+                text(&writer.query).replace('\n', " "),
             ]);
         }
         out.push_str(&table(&rows));

@@ -249,7 +249,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub lanes: Option<String>,
 
-    /// How long a relay that stopped answering keeps its lanes before another takes them over, at least 1s [env: OUTBOX_LEASE] [file: relay.lease] [default: 10s]
+    /// How long a relay that stopped answering keeps its lanes before another takes them over, at least 1s; sends must fit in a fifth of it [env: OUTBOX_LEASE] [file: relay.lease] [default: 25s]
     #[arg(long, value_name = "DURATION")]
     pub lease: Option<String>,
 

@@ -66,6 +66,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
 
     let store = PgRelayStore::new(pool.clone(), settings.store);
+    store
+        .check()
+        .await
+        .context("the database cannot give the relay its guarantees")?;
     // The listener outlives the relay's shutdown, so that the drain stays observable.
     let listener_stop = CancellationToken::new();
     if let Some(address) = settings.metrics_address {

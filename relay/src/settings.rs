@@ -56,7 +56,7 @@ specs! {
     MAX_IN_FLIGHT: "relay.max_in_flight", "--max-in-flight", "OUTBOX_MAX_IN_FLIGHT", Some("2000");
     POLL_INTERVAL: "relay.poll_interval", "--poll-interval", "OUTBOX_POLL_INTERVAL", Some("1s");
     LANES: "relay.lanes", "--lanes", "OUTBOX_LANES", Some("64");
-    LEASE: "relay.lease", "--lease", "OUTBOX_LEASE", Some("10s");
+    LEASE: "relay.lease", "--lease", "OUTBOX_LEASE", Some("25s");
     RETENTION: "relay.retention", "--retention", "OUTBOX_RETENTION", Some("off");
     SHUTDOWN_GRACE: "relay.shutdown_grace", "--shutdown-grace", "OUTBOX_SHUTDOWN_GRACE", Some("10s");
     MAX_ATTEMPTS: "retry.max_attempts", "--max-attempts", "OUTBOX_MAX_ATTEMPTS", Some("10");
@@ -443,16 +443,16 @@ impl Resolver<'_> {
         Ok(())
     }
 
-    /// A message must be delivered or given up well within the lease; otherwise a relay resumed
-    /// after its lease could still send what it queued before it was paused. Sets
-    /// `message.timeout.ms` to half the lease (at most 5 s) unless given, and refuses a given value
-    /// that is not below 4/5 of the lease.
+    /// A message must be delivered or given up within the fifth of the lease that follows the
+    /// fence (`outbox_core::fence`); otherwise a record handed over just before a paused relay's
+    /// fence closed could reach the broker after its successor's. Sets `message.timeout.ms` to that
+    /// fifth (at most 5 s) unless given, and refuses a given value above it.
     fn send_timeout_within_lease(
         &mut self,
         kafka: &mut ClientConfig,
         lease: Duration,
     ) -> Result<(), SettingError> {
-        let limit = lease - lease / 5;
+        let limit = outbox_core::fence::max_send_timeout(lease);
         for name in ["message.timeout.ms", "delivery.timeout.ms"] {
             let Some(value) = kafka.get(name) else {
                 continue;
@@ -467,21 +467,21 @@ impl Resolver<'_> {
                     "must be a number of milliseconds".into(),
                 )
             })?;
-            if millis == 0 || Duration::from_millis(millis) >= limit {
+            if millis == 0 || Duration::from_millis(millis) > limit {
                 return Err(invalid(
                     &origin,
                     &key,
                     value,
                     format!(
-                        "must be between 1 and {} ms (below 4/5 of the lease, {}) so that a paused relay cannot send after losing its lanes",
-                        limit.as_millis().saturating_sub(1),
+                        "must be between 1 and {} ms (a fifth of the lease, {}) so that a paused relay cannot send after losing its lanes",
+                        limit.as_millis(),
                         humantime::format_duration(lease)
                     ),
                 ));
             }
             return Ok(());
         }
-        let timeout = (lease / 2).min(Duration::from_secs(5));
+        let timeout = limit.min(Duration::from_secs(5));
         let millis = timeout.as_millis().to_string();
         self.effective.push(Effective {
             key: format!("{PROPERTIES_TABLE}.message.timeout.ms"),
@@ -846,7 +846,7 @@ mod tests {
                 &[],
                 &[
                     "kafka.properties.message.timeout.ms",
-                    "between 1 and 7999 ms",
+                    "between 1 and 5000 ms",
                 ],
             ),
             (

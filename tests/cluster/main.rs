@@ -18,11 +18,14 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 const KEYS: usize = 60;
 const PARTITIONS: i32 = 6;
 
-/// The relay's flags: a 20 s lease gives sends 10 s (`message.timeout.ms` = lease / 2), longer
-/// than the 9 s in which the controller fences a broker that stopped answering; short backoffs.
-const FLAGS: [&str; 10] = [
+/// The relay's flags: sends get 10 s, longer than the 9 s in which the controller fences a broker
+/// that stopped answering, which needs a lease of 50 s (a send timeout may be a fifth of it); short
+/// backoffs.
+const FLAGS: [&str; 12] = [
     "--lease",
-    "20s",
+    "50s",
+    "-X",
+    "message.timeout.ms=10000",
     "--batch-size",
     "250",
     "--poll-interval",

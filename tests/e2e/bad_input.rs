@@ -162,7 +162,7 @@ async fn migrate_creates_the_tables_once() -> anyhow::Result<()> {
         sqlx::query_scalar("SELECT version FROM outbox_migrations ORDER BY version")
             .fetch_all(&db.pool)
             .await?;
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
     assert_eq!(db.outbox_count().await?, 0, "the outbox table exists");
     Ok(())
 }
@@ -181,7 +181,22 @@ async fn a_message_larger_than_the_broker_accepts_is_parked_with_its_error_and_t
         .key("same-key")
         .bytes(vec![b'x'; 2_000_000], "application/octet-stream")?;
     messages.insert(2, huge.clone());
-    db.enqueue_committed(&messages).await?;
+    // The default limit (Kafka's default record size) refuses it in the business transaction.
+    let refused = db
+        .enqueue_committed(&messages)
+        .await
+        .expect_err("above 1 MiB");
+    assert!(
+        refused.to_string().contains("above the outbox's limit"),
+        "{refused}"
+    );
+    // A writer whose limit is above what the broker accepts gets it stored; the relay parks it.
+    let mut tx = db.pool.begin().await?;
+    outbox_postgres::PgOutbox::new()
+        .max_message_bytes(4 << 20)
+        .enqueue_all(&mut tx, &messages)
+        .await?;
+    tx.commit().await?;
 
     let relay = InProcessRelay::start(&db, quick_config())?;
     db.wait_until_drained(Duration::from_secs(30)).await?;
@@ -231,10 +246,62 @@ async fn a_database_without_the_outbox_schema_is_refused_with_the_fix_named() ->
     )
     .await?;
     assert!(!status.success(), "exit status {status}");
-    assert!(stderr.contains("lacks migrations [1, 2]"), "{stderr}");
+    assert!(stderr.contains("lacks migrations [1, 2, 3]"), "{stderr}");
     assert!(
         stderr.contains("outbox-relay migrate"),
         "names the fix: {stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_reached_through_a_transaction_pooler_is_refused_before_anything_is_claimed()
+-> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    db.enqueue_committed(&[outbox_core::Message::builder("never-published").json(&1)?])
+        .await?;
+    let pooled = services::pgbouncer_url(&db.name)?;
+    let brokers = services::brokers()?;
+    let (status, stderr) = run_relay_program(
+        relay_program(),
+        &[
+            "run",
+            "--database-url",
+            &pooled,
+            "--brokers",
+            &brokers,
+            "--connect-timeout",
+            "5s",
+        ],
+    )
+    .await?;
+    assert!(!status.success(), "exit status {status}");
+    assert!(
+        stderr.contains("pooler in transaction or statement mode"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pool_mode = session"),
+        "names the fix: {stderr}"
+    );
+    assert_eq!(
+        db.outbox_count().await?,
+        1,
+        "nothing was claimed or published"
+    );
+
+    // An embedded relay's store says the same.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&pooled)
+        .await?;
+    let store = outbox_postgres::PgRelayStore::new(pool, Default::default());
+    let error = store.check().await.expect_err("a transaction pooler");
+    assert!(
+        error
+            .to_string()
+            .contains("pooler in transaction or statement mode"),
+        "{error}"
     );
     Ok(())
 }

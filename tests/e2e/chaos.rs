@@ -18,11 +18,11 @@ const PER_TRANSACTION: usize = 50;
 const RELAYS: usize = 3;
 const KILLS: usize = 12;
 // The lease only matters for a relay that hangs; SIGKILL closes the session and frees the lanes at
-// once. A longer lease keeps `message.timeout.ms` (half of it) well above the broker's latency when
-// the machine is loaded.
+// once. A longer lease keeps `message.timeout.ms` (a fifth of it, 3 s) well above the broker's
+// latency when the machine is loaded.
 const FLAGS: [&str; 8] = [
     "--lease",
-    "6s",
+    "15s",
     "--batch-size",
     "250",
     "--poll-interval",

@@ -14,7 +14,7 @@ const FLAGS: [&str; 8] = [
     "--lanes",
     "1",
     "--lease",
-    "2s",
+    "5s",
     "--batch-size",
     "200",
     "--poll-interval",

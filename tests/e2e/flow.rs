@@ -170,3 +170,51 @@ async fn a_commit_wakes_the_relay_long_before_its_next_poll() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_old_message_is_stamped_with_its_publish_time_so_retention_and_timestamp_bounds_keep_it()
+-> anyhow::Result<()> {
+    init_logs();
+    let db = TestDb::create().await?;
+    // Records older than a minute are refused; older than ten minutes, deleted by retention.
+    let topic = outbox_tests::create_topic_configured(
+        &outbox_tests::services::brokers()?,
+        1,
+        &[
+            ("message.timestamp.before.max.ms", "60000"),
+            ("retention.ms", "600000"),
+        ],
+    )
+    .await?;
+    // A backlog from a day-long outage (or a dead letter replayed a day later).
+    let message = Message::builder(&topic).key("k").json(&"from yesterday")?;
+    db.enqueue_committed(std::slice::from_ref(&message)).await?;
+    sqlx::query("UPDATE outbox SET created_at = created_at - interval '1 day'")
+        .execute(&db.pool)
+        .await?;
+    let created: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT created_at FROM outbox")
+            .fetch_one(&db.pool)
+            .await?;
+    let before_publish = chrono::Utc::now().timestamp_millis();
+
+    let relay = InProcessRelay::start(&db, quick_config())?;
+    db.wait_until_drained(Duration::from_secs(30)).await?;
+    let stats = relay.stop().await?;
+    assert_eq!((stats.published, stats.dead_lettered), (1, 0), "{stats:?}");
+
+    let records = read_topic(&topic, 1, Duration::from_secs(10)).await?;
+    assert_eq!(records.len(), 1);
+    let stamped = records[0].timestamp.unwrap_or_default();
+    assert!(
+        stamped >= before_publish - 1000,
+        "the record's timestamp {stamped} is the publish time, not the creation time"
+    );
+    let ce_time = chrono::DateTime::parse_from_rfc3339(&records[0].headers["ce_time"])?;
+    assert_eq!(
+        ce_time.timestamp_micros(),
+        created.timestamp_micros(),
+        "ce_time keeps when the message was created"
+    );
+    Ok(())
+}

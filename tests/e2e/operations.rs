@@ -61,7 +61,7 @@ async fn config_check_shows_each_value_and_where_it_came_from() -> anyhow::Resul
         ("3s", origin_in_file("relay.poll_interval").as_str()),
         "file over default"
     );
-    assert_eq!(lines["relay.lease"], ("10s", "default"));
+    assert_eq!(lines["relay.lease"], ("25s", "default"));
     assert_eq!(lines["kafka.properties.compression.type"].0, "zstd");
     assert_eq!(lines["kafka.properties.sasl.password"].0, "***");
     assert_eq!(lines["database.url"].1, "DATABASE_URL");
@@ -281,5 +281,156 @@ async fn readyz_turns_unready_when_the_broker_stops_and_ready_again_when_it_is_b
     broker.start_again().await?;
     ready(200).await?;
     relay.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_enqueuing_transaction_shows_as_horizon_lag_and_in_status_until_it_ends()
+-> anyhow::Result<()> {
+    init_logs();
+    let db = TestDb::create().await?;
+    let topic = create_topic(2).await?;
+    // A service that enqueued and now waits on a slow remote call, its transaction open.
+    let mut stalled = outbox_tests::connect(&db).await?;
+    sqlx::raw_sql("SET application_name = 'orders-service'; BEGIN")
+        .execute(&mut stalled)
+        .await?;
+    let held = Message::builder(&topic).key("a").json(&"held")?;
+    outbox_postgres::PgOutbox::new()
+        .enqueue(&mut stalled, &held)
+        .await?;
+    let stalled_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut stalled)
+        .await?;
+    // Another key, committed: it waits too, since it was numbered after the open one.
+    db.enqueue_committed(&[Message::builder(&topic).key("b").json(&"waiting")?])
+        .await?;
+
+    let address = format!("127.0.0.1:{}", free_port()?);
+    let relay = RelayProcess::spawn(relay_program(), &db, &["--metrics-address", &address])?;
+    wait_for_listener(&address, &relay).await?;
+    let mut lag = 0.0;
+    for _ in 0..200 {
+        let metrics = Metrics::scrape(&address).await?;
+        lag = metrics
+            .value("outbox_horizon_lag_seconds", &[])
+            .unwrap_or_default();
+        if lag >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        lag >= 1.0,
+        "the horizon lag grows while the writer is open: {lag}"
+    );
+    assert_eq!(
+        db.outbox_count().await?,
+        1,
+        "the committed message waits behind the open writer's (which is not visible yet)"
+    );
+
+    let (status, stdout, stderr) = outbox_tests::run_relay_program_output(
+        relay_program(),
+        &["status", "--database-url", &db.url],
+    )
+    .await?;
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("Open enqueuing transactions: 1"),
+        "{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with(&stalled_pid.to_string()))
+        .unwrap_or_else(|| panic!("no line for pid {stalled_pid}: {stdout}"));
+    assert!(line.contains("orders-service"), "{line}");
+    assert!(line.contains("idle in transaction"), "{line}");
+
+    sqlx::raw_sql("COMMIT").execute(&mut stalled).await?;
+    db.wait_until_drained(Duration::from_secs(30)).await?;
+    let mut metrics = Metrics::scrape(&address).await?;
+    for _ in 0..100 {
+        if metrics.value("outbox_horizon_lag_seconds", &[]) == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        metrics = Metrics::scrape(&address).await?;
+    }
+    assert_eq!(metrics.value("outbox_horizon_lag_seconds", &[]), Some(0.0));
+    relay.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_topic_whose_partition_count_changes_is_logged_and_counted() -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+
+    init_logs();
+    let db = TestDb::create().await?;
+    let topic = create_topic(2).await?;
+    db.enqueue_committed(&[Message::builder(&topic).key("k").json(&1)?])
+        .await?;
+    let address = format!("127.0.0.1:{}", free_port()?);
+    // Statistics and metadata refreshed every half second and second, instead of 10 s and 5 min.
+    let relay = RelayProcess::spawn(
+        relay_program(),
+        &db,
+        &[
+            "--metrics-address",
+            &address,
+            "-X",
+            "statistics.interval.ms=500",
+            "-X",
+            "topic.metadata.refresh.interval.ms=1000",
+        ],
+    )?;
+    wait_for_listener(&address, &relay).await?;
+    db.wait_until_drained(Duration::from_secs(30)).await?;
+    let partitions =
+        |metrics: &Metrics| metrics.value("outbox_topic_partitions", &[("topic", &topic)]);
+    let wait_for = |want: f64| {
+        let address = address.clone();
+        let topic = topic.clone();
+        async move {
+            for _ in 0..300 {
+                let metrics = Metrics::scrape(&address).await?;
+                if metrics.value("outbox_topic_partitions", &[("topic", &topic)]) == Some(want) {
+                    return anyhow::Ok(metrics);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            anyhow::bail!("the relay never saw {want} partitions of {topic}")
+        }
+    };
+    let before = wait_for(2.0).await?;
+    assert_eq!(partitions(&before), Some(2.0));
+    assert_eq!(
+        before.value("outbox_topic_partition_changes_total", &[("topic", &topic)]),
+        None,
+        "nothing changed yet"
+    );
+
+    let admin: AdminClient<DefaultClientContext> = outbox_tests::kafka_config()?.create()?;
+    let added = admin
+        .create_partitions([&NewPartitions::new(&topic, 4)], &AdminOptions::new())
+        .await?;
+    anyhow::ensure!(
+        added.iter().all(Result::is_ok),
+        "adding partitions failed: {added:?}"
+    );
+    let after = wait_for(4.0).await?;
+    assert_eq!(
+        after.value("outbox_topic_partition_changes_total", &[("topic", &topic)]),
+        Some(1.0)
+    );
+    let relay_log = relay.log.clone();
+    relay.terminate().await?;
+    let log = std::fs::read_to_string(&relay_log)?;
+    assert!(
+        log.contains("partition count changed") && log.contains(&topic),
+        "a warning names the topic:\n{log}"
+    );
     Ok(())
 }

@@ -37,7 +37,7 @@ async fn a_broker_outage_during_a_backlog_loses_nothing_and_drains_after_recover
     let topic = create_topic_on(&brokers, 6).await?;
     let mut enqueued = enqueue(&db.pool, &topic, 0..BACKLOG, KEYS).await?;
 
-    // --lease 3s: the relay gives up on a send after 1.5 s (message.timeout.ms = lease / 2).
+    // --lease 5s: the relay gives up on a send after 1 s (message.timeout.ms = lease / 5).
     let flags = [
         "--poll-interval",
         "100ms",
@@ -48,7 +48,7 @@ async fn a_broker_outage_during_a_backlog_loses_nothing_and_drains_after_recover
         "--max-backoff",
         "1s",
         "--lease",
-        "3s",
+        "5s",
         "--connect-timeout",
         "20s",
     ];
@@ -164,7 +164,7 @@ async fn a_postgres_restart_while_relaying_loses_nothing_and_the_relay_recovers_
         "--batch-size",
         "200",
         "--lease",
-        "3s",
+        "5s",
         "--connect-timeout",
         "20s",
     ];

@@ -47,7 +47,8 @@ pub struct TestDb {
     pub pool: PgPool,
     /// The URL of the test database (for child processes).
     pub url: String,
-    name: String,
+    /// The test database's name.
+    pub name: String,
     admin: PgConnectOptions,
 }
 
@@ -181,12 +182,26 @@ pub async fn create_topic(partitions: i32) -> anyhow::Result<String> {
 
 /// Creates a topic with a fresh random name on the brokers at `brokers`.
 pub async fn create_topic_on(brokers: &str, partitions: i32) -> anyhow::Result<String> {
+    create_topic_configured(brokers, partitions, &[]).await
+}
+
+/// Creates a topic with a fresh random name and the given topic settings on the brokers at
+/// `brokers`.
+pub async fn create_topic_configured(
+    brokers: &str,
+    partitions: i32,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<String> {
     let name = format!("e2e-{}", Uuid::now_v7().simple());
     let admin: AdminClient<DefaultClientContext> = kafka_config_for(brokers).create()?;
     // Replication -1: the broker's default (1 on the single node, 3 on the three-node cluster).
+    let mut topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(-1));
+    for (key, value) in settings {
+        topic = topic.set(key, value);
+    }
     let results = admin
         .create_topics(
-            [&NewTopic::new(&name, partitions, TopicReplication::Fixed(-1))],
+            [&topic],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await
@@ -212,6 +227,9 @@ pub struct Record {
     pub payload: Vec<u8>,
     /// Headers as text.
     pub headers: BTreeMap<String, String>,
+    /// The record's timestamp, milliseconds since the epoch (CreateTime unless the topic says
+    /// LogAppendTime).
+    pub timestamp: Option<i64>,
 }
 
 impl Record {
@@ -294,6 +312,7 @@ fn read_topic_blocking(
                     key: message.key().map(<[u8]>::to_vec),
                     payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                     headers,
+                    timestamp: message.timestamp().to_millis(),
                 });
             }
             Some(Err(error)) => bail!("reading {topic} failed: {error}"),

@@ -1,4 +1,4 @@
-//! Where the services are: `DATABASE_URL` and `KAFKA_BROKERS`.
+//! Where the services are: `DATABASE_URL`, `PGBOUNCER_URL` and `KAFKA_BROKERS`.
 //!
 //! With the `testcontainers` feature and a running Docker engine, unset variables are filled by
 //! starting PostgreSQL and Kafka containers once per test binary.
@@ -18,6 +18,20 @@ pub fn database_url() -> anyhow::Result<String> {
         return Ok(url);
     }
     bail!("DATABASE_URL is not set: {HOW}")
+}
+
+/// The URL of `database` through PgBouncer in transaction pooling mode (`PGBOUNCER_URL`, which
+/// `scripts/services.sh` starts in front of the test server).
+pub fn pgbouncer_url(database: &str) -> anyhow::Result<String> {
+    let Ok(url) = std::env::var("PGBOUNCER_URL") else {
+        bail!(
+            "PGBOUNCER_URL is not set: start the services with `scripts/services.sh` and export what it prints"
+        );
+    };
+    let mut url = url::Url::parse(&url)
+        .map_err(|error| anyhow::anyhow!("PGBOUNCER_URL `{url}` is not a URL: {error}"))?;
+    url.set_path(database);
+    Ok(url.to_string())
 }
 
 /// The Kafka bootstrap servers the tests use.

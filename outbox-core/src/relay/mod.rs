@@ -58,9 +58,10 @@ impl<S: RelayStore, P: Publisher> Relay<S, P> {
     /// Builds a relay over `store` and `publisher`.
     ///
     /// # Errors
-    /// [`Error::Config`] when the publisher's send timeout is not well inside the store's lease
-    /// (below 4/5 of it), or is unbounded while the store leases its lanes: a relay paused past its
-    /// lease could then still send after another relay took its lanes over.
+    /// [`Error::Config`] when the publisher's send timeout is longer than a fifth of the store's
+    /// lease ([`fence::max_send_timeout`](crate::fence::max_send_timeout)), or is unbounded while
+    /// the store leases its lanes: a record handed over just before the fence closed could then
+    /// reach the broker after another relay took its lane over.
     pub fn new(store: S, publisher: P, config: RelayConfig) -> Result<Self, Error> {
         check_send_timeout(store.lease(), publisher.send_timeout())?;
         Ok(Self {
@@ -93,13 +94,13 @@ fn check_send_timeout(lease: Option<Duration>, send: Option<Duration>) -> Result
     let Some(lease) = lease else {
         return Ok(());
     };
-    let limit = lease - lease / 5;
+    let limit = crate::fence::max_send_timeout(lease);
     match send {
         None => Err(Error::Config(format!(
             "the publisher does not bound how long a send may take, but the store leases its lanes for {lease:?}: a relay paused past its lease could still send after another relay took its lanes over"
         ))),
-        Some(timeout) if timeout >= limit => Err(Error::Config(format!(
-            "the publisher's send timeout ({timeout:?}) must be below 4/5 of the store's lease ({limit:?} of {lease:?}), so that a relay paused past its lease cannot send after another relay took its lanes over"
+        Some(timeout) if timeout > limit => Err(Error::Config(format!(
+            "the publisher's send timeout ({timeout:?}) must be at most a fifth of the store's lease ({limit:?} of {lease:?}): a record handed over just before the fence closes must be delivered or failed before another relay can take its lane over"
         ))),
         Some(_) => Ok(()),
     }

@@ -1,21 +1,22 @@
-use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use outbox_core::{BoxError, CancellationToken, Inbox, RetryPolicy};
+use outbox_core::{CancellationToken, Inbox, RetryPolicy};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::Consumer;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use crate::dead_letter::{self, DeadLetterProducer, Origin};
+
+/// The default of [`InboxConsumerBuilder::handler_timeout`].
+const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
 use crate::error::Error;
 use crate::handler::{Handler, HandlerFuture, Raw, Router, Typed, UnknownTypes};
 use crate::received::Received;
 
 use super::rebalance::RunnerContext;
-use super::retention::{InboxRetention, PurgeFn};
+use super::retention::InboxRetention;
 use super::{InboxConsumer, KafkaConsumer, Shared};
 
 /// Builds an [`InboxConsumer`]; see [`InboxConsumer::builder`].
@@ -28,10 +29,11 @@ pub struct InboxConsumerBuilder<I: Inbox + 'static> {
     router: Router<I::Tx>,
     repeated_types: Vec<String>,
     retry: RetryPolicy,
+    handler_timeout: Duration,
     dead_letter_topic: String,
     dead_letter_config: Option<ClientConfig>,
     max_in_flight: usize,
-    retention: Option<(InboxRetention, PurgeFn)>,
+    retention: Option<InboxRetention>,
 }
 
 impl<I: Inbox + 'static> std::fmt::Debug for InboxConsumerBuilder<I> {
@@ -73,6 +75,7 @@ impl<I: Inbox + 'static> InboxConsumer<I> {
             dead_letter_topic: dead_letter::DEFAULT_TOPIC.to_owned(),
             dead_letter_config: None,
             max_in_flight: 8,
+            handler_timeout: DEFAULT_HANDLER_TIMEOUT,
             retention: None,
         }
     }
@@ -141,6 +144,16 @@ impl<I: Inbox + 'static> InboxConsumerBuilder<I> {
         self
     }
 
+    /// How long one attempt of a handler may take. Default 60 s. An attempt that takes longer is
+    /// cut off: its future is dropped, its transaction rolled back (the connection goes back to the
+    /// pool), and it counts as a failed attempt ([`ConsumerStats::timeouts`](crate::ConsumerStats::timeouts)),
+    /// retried and in the end dead-lettered like a handler error. A hung handler would otherwise
+    /// stall its partition for good with a connection held.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = timeout;
+        self
+    }
+
     /// Handlers running at once, over all partitions (at least 1). Default 8. Each holds a
     /// database connection while it runs, so keep it at or below the pool size.
     pub fn max_in_flight(mut self, handlers: usize) -> Self {
@@ -148,19 +161,10 @@ impl<I: Inbox + 'static> InboxConsumerBuilder<I> {
         self
     }
 
-    /// Purges inbox rows older than the retention's horizon, in batches, at its interval, with
-    /// `purge` (for PostgreSQL, `PgInbox::purge_older_than`). Off unless set.
-    pub fn inbox_retention<F, Fut, E>(mut self, retention: InboxRetention, purge: F) -> Self
-    where
-        F: Fn(DateTime<Utc>, u32) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<u64, E>> + Send + 'static,
-        E: Into<BoxError>,
-    {
-        let purge: PurgeFn = Arc::new(move |before, batch| {
-            let purging = purge(before, batch);
-            Box::pin(async move { purging.await.map_err(Into::into) })
-        });
-        self.retention = Some((retention, purge));
+    /// Purges this consumer's inbox rows older than the retention's horizon, in batches, at its
+    /// interval ([`Inbox::purge`]); other consumer names' rows are theirs to purge. Off unless set.
+    pub fn inbox_retention(mut self, retention: InboxRetention) -> Self {
+        self.retention = Some(retention);
         self
     }
 
@@ -183,6 +187,9 @@ impl<I: Inbox + 'static> InboxConsumerBuilder<I> {
         if let Some(repeated) = self.repeated_types.first() {
             return config_error(format!("event type `{repeated}` has two handlers"));
         }
+        if self.handler_timeout.is_zero() {
+            return config_error("the handler timeout must be above zero".into());
+        }
         if self.max_in_flight == 0 || self.max_in_flight > Semaphore::MAX_PERMITS.min(1 << 20) {
             return config_error(format!("max_in_flight must be between 1 and {}", 1 << 20));
         }
@@ -203,7 +210,7 @@ impl<I: Inbox + 'static> InboxConsumerBuilder<I> {
                 ));
             }
         }
-        if let Some((retention, _)) = &self.retention {
+        if let Some(retention) = &self.retention {
             retention.validate()?;
         }
 
@@ -234,6 +241,7 @@ impl<I: Inbox + 'static> InboxConsumerBuilder<I> {
             name: self.name,
             router: self.router,
             retry: self.retry,
+            handler_timeout: self.handler_timeout,
             dead_letters,
             in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
             max_in_flight: u32::try_from(self.max_in_flight).unwrap_or(u32::MAX),

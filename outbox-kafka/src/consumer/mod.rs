@@ -33,12 +33,12 @@ use crate::handler::Router;
 use crate::offsets::Assignments;
 
 use rebalance::RunnerContext;
-use retention::{PurgeFn, purge_loop};
+use retention::purge_loop;
 use stats::Counters;
 
 pub use builder::InboxConsumerBuilder;
 pub use retention::InboxRetention;
-pub use stats::{ConsumerStats, StatsHandle};
+pub use stats::{ConsumerStats, InHand, RECORD_STARTED, StatsHandle};
 
 /// How long shutdown waits for partition workers to stop before aborting them.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,6 +49,8 @@ struct Shared<I: Inbox> {
     name: String,
     router: Router<I::Tx>,
     retry: RetryPolicy,
+    /// How long one attempt of a handler may take before it is cut off and rolled back.
+    handler_timeout: Duration,
     dead_letters: DeadLetterProducer,
     in_flight: Arc<Semaphore>,
     max_in_flight: u32,
@@ -76,7 +78,6 @@ type KafkaConsumer<I> = StreamConsumer<RunnerContext<I>>;
 /// let mut config = ClientConfig::new();
 /// config.set("bootstrap.servers", "localhost:9092").set("group.id", "shipping");
 /// let inbox = outbox_postgres::PgInbox::new(pool);
-/// let purge = inbox.clone();
 /// let consumer = InboxConsumer::builder(&config, inbox, "shipping")
 ///     .topics(["orders"])
 ///     .on("OrderPlaced", |tx: &mut sqlx::Transaction<'static, sqlx::Postgres>, event: OrderPlaced, _received: &Received| {
@@ -88,10 +89,7 @@ type KafkaConsumer<I> = StreamConsumer<RunnerContext<I>>;
 ///             Ok(())
 ///         })
 ///     })
-///     .inbox_retention(InboxRetention::keep(Duration::from_secs(14 * 86_400)), move |before, batch| {
-///         let inbox = purge.clone();
-///         async move { inbox.purge_older_than(before, batch).await }
-///     })
+///     .inbox_retention(InboxRetention::keep(Duration::from_secs(14 * 86_400)))
 ///     .build()?;
 /// consumer.run(CancellationToken::new()).await?;
 /// # Ok(())
@@ -101,7 +99,7 @@ pub struct InboxConsumer<I: Inbox + 'static> {
     consumer: Arc<KafkaConsumer<I>>,
     shared: Arc<Shared<I>>,
     topics: Vec<String>,
-    retention: Option<(InboxRetention, PurgeFn)>,
+    retention: Option<InboxRetention>,
 }
 
 impl<I: Inbox + 'static> std::fmt::Debug for InboxConsumer<I> {
@@ -136,14 +134,9 @@ impl<I: Inbox + 'static> InboxConsumer<I> {
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         self.consumer.subscribe(&topics)?;
         let guard = StopOnDrop(self.shared.clone());
-        let purge = self.retention.clone().map(|(retention, purge)| {
-            tokio::spawn(purge_loop(
-                retention,
-                purge,
-                self.shared.counters.clone(),
-                self.shared.name.clone(),
-            ))
-        });
+        let purge = self
+            .retention
+            .map(|retention| tokio::spawn(purge_loop(retention, self.shared.clone())));
         tracing::info!(consumer = %self.shared.name, topics = ?self.topics, "consumer started");
         let outcome = loop {
             tokio::select! {

@@ -46,6 +46,7 @@ pub(super) async fn run_partition<I: Inbox + 'static>(
         if !lock(&shared.assignments).start(&partition, ticket.generation, offset) {
             break;
         }
+        shared.counters.took_up(&shared.name, &partition, offset);
         // A revoked partition stops waiting for the record in hand (an attempt already running
         // still ends with its commit or rollback); the partition's next owner gets it again.
         let outcome = tokio::select! {
@@ -53,6 +54,7 @@ pub(super) async fn run_partition<I: Inbox + 'static>(
             () = ticket.stop.cancelled() => Outcome::Interrupted,
             outcome = shared.process(&record) => outcome,
         };
+        shared.counters.put_down(&shared.name, &partition);
         let mut assignments = lock(&shared.assignments);
         if outcome == Outcome::Interrupted {
             assignments.abandon(&partition, ticket.generation, offset);

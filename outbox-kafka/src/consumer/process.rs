@@ -174,7 +174,8 @@ impl<I: Inbox + 'static> Shared<I> {
         }
     }
 
-    /// One transaction: inbox row, handler, commit; counted here, as it ends, whether or not a
+    /// One transaction: inbox row, handler, the check that the handler left the transaction able
+    /// to commit, commit; counted here, as it ends, whether or not a
     /// worker still waits for it.
     async fn attempt(&self, handler: &dyn Dispatch<I::Tx>, received: &Received) -> Attempt {
         let attempt = self.transaction(handler, received).await;
@@ -205,13 +206,37 @@ impl<I: Inbox + 'static> Shared<I> {
             }
         }
         let outcome = match handler.dispatch(&mut tx, received) {
-            Ok(handling) => Ok(handling.await),
+            Ok(handling) => match tokio::time::timeout(self.handler_timeout, handling).await {
+                Ok(handled) => Ok(handled),
+                // The handler's future is dropped here, mid-statement perhaps; the rollback below
+                // ends its transaction.
+                Err(_elapsed) => {
+                    Counters::add(&self.counters.timeouts, 1);
+                    Ok(Err(format!(
+                        "the handler did not finish within {:?} (the handler timeout); its transaction was rolled back",
+                        self.handler_timeout
+                    )
+                    .into()))
+                }
+            },
             Err(DecodeError(reason)) => Err(reason),
         };
         match outcome {
-            Ok(Ok(())) => match self.inbox.commit(tx).await {
-                Ok(()) => Attempt::Applied,
-                Err(error) => Attempt::InboxFailed(Box::new(error)),
+            Ok(Ok(())) => match self.inbox.broken(&mut tx).await {
+                Ok(None) => match self.inbox.commit(tx).await {
+                    Ok(()) => Attempt::Applied,
+                    Err(error) => Attempt::InboxFailed(Box::new(error)),
+                },
+                // What the handler did to its transaction: its failure, retried and in the end
+                // dead-lettered like an error it returned.
+                Ok(Some(reason)) => {
+                    self.rollback(tx).await;
+                    Attempt::HandlerFailed(reason.into())
+                }
+                Err(error) => {
+                    self.rollback(tx).await;
+                    Attempt::InboxFailed(Box::new(error))
+                }
             },
             Ok(Err(error)) => {
                 self.rollback(tx).await;
@@ -224,9 +249,18 @@ impl<I: Inbox + 'static> Shared<I> {
         }
     }
 
+    /// Rolls back, waiting at most a handler timeout: a statement the handler left running on the
+    /// server delays the rollback until it ends. Given up, the transaction is dropped, which ends it
+    /// when its connection next serves.
     async fn rollback(&self, tx: I::Tx) {
-        if let Err(error) = self.inbox.rollback(tx).await {
-            tracing::warn!(%error, "rollback failed; the server discards the transaction");
+        match tokio::time::timeout(self.handler_timeout, self.inbox.rollback(tx)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "rollback failed; the server discards the transaction");
+            }
+            Err(_elapsed) => {
+                tracing::warn!(timeout = ?self.handler_timeout, "rollback did not finish in time; the transaction is dropped with its connection state");
+            }
         }
     }
 

@@ -1,17 +1,17 @@
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use outbox_core::BoxError;
+use chrono::Utc;
+use outbox_core::Inbox;
 use outbox_core::relay::error_chain;
 
 use crate::error::Error;
 
+use super::Shared;
 use super::stats::Counters;
 
-/// How long inbox rows are kept, and how often the runner purges older ones.
+/// How long inbox rows are kept, and how often the runner purges older ones. Only the rows of the
+/// runner's own consumer name are purged ([`Inbox::purge`]).
 ///
 /// The horizon **must exceed the longest redelivery window**: the topic's retention, or the longest
 /// a consumer group may lag behind or be replayed. A message redelivered after its inbox row was
@@ -62,33 +62,25 @@ impl InboxRetention {
     }
 }
 
-/// The purge behind [`InboxRetention`]: deletes rows received before the given time, at most the
-/// given number per statement, and returns how many it deleted.
-pub(super) type PurgeFn = Arc<
-    dyn Fn(DateTime<Utc>, u32) -> Pin<Box<dyn Future<Output = Result<u64, BoxError>> + Send>>
-        + Send
-        + Sync,
->;
-
-/// Purges the inbox at the retention's interval until aborted.
-pub(super) async fn purge_loop(
+/// Purges `shared`'s inbox rows (its consumer name's only) at the retention's interval until
+/// aborted.
+pub(super) async fn purge_loop<I: Inbox + 'static>(
     retention: InboxRetention,
-    purge: PurgeFn,
-    counters: Arc<Counters>,
-    name: String,
+    shared: Arc<Shared<I>>,
 ) {
     let horizon = chrono::Duration::from_std(retention.horizon).unwrap_or(chrono::Duration::MAX);
+    let name = &shared.name;
     loop {
         let before = Utc::now() - horizon;
-        match purge(before, retention.batch).await {
+        match shared.inbox.purge(name, before, retention.batch).await {
             Ok(purged) => {
-                Counters::add(&counters.purged, purged);
+                Counters::add(&shared.counters.purged, purged);
                 if purged > 0 {
                     tracing::info!(consumer = %name, purged, %before, "purged inbox rows past the retention horizon");
                 }
             }
             Err(error) => {
-                tracing::warn!(consumer = %name, error = %error_chain(&*error), "purging the inbox failed; trying again at the next interval");
+                tracing::warn!(consumer = %name, error = %error_chain(&error), "purging the inbox failed; trying again at the next interval");
             }
         }
         tokio::time::sleep(retention.interval).await;

@@ -8,20 +8,22 @@ use std::time::Instant;
 use outbox_core::{ClaimRequest, Lane, Window};
 use sqlx::{PgConnection, Row};
 
-use super::PgRelayStore;
 use super::session::{Session, heartbeat, session_limits};
+use super::{PgRelayStore, preflight};
 use crate::error::Error;
 use crate::horizon::parse_writers;
 use crate::queries::MEMBER_BASE;
 use crate::rows::{self, CorruptRow};
 
 impl PgRelayStore {
-    /// Opens the session: the membership lock first, then the check that every relay of the outbox
-    /// uses this lane count (so that two relays starting together cannot both pass it), then the
-    /// session's limits.
+    /// Opens the session: the checks of [`preflight`](super::preflight) first, then the membership
+    /// lock, then the check that every relay of the outbox uses this lane count (after the lock, so
+    /// that two relays starting together cannot both pass it), then the session's limits.
     pub(super) async fn connect(&self, session: &mut Session) -> Result<(), Error> {
         let started = Instant::now();
         let mut conn: PgConnection = sqlx::Connection::connect_with(&self.connect).await?;
+        preflight::refuse_poolers(&mut conn, &self.pool).await?;
+        preflight::check_schema(&mut conn, &self.queries).await?;
         sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
             .bind(self.queries.namespace)
             .bind(MEMBER_BASE + self.lanes as i32)
@@ -145,7 +147,10 @@ impl PgRelayStore {
             .and_then(|t| t.parse::<i64>().ok())
             .unwrap_or(0);
         let writers = parse_writers(texts.get(1).map_or("", String::as_str));
-        Ok(session.horizon.observe(max_seq, writers))
+        let now = Instant::now();
+        let safe = session.horizon.observe(max_seq, writers, now);
+        outbox_core::metrics::horizon_lag(session.horizon.lag(now));
+        Ok(safe)
     }
 
     /// With a retention, and once the purge interval has passed: deletes one batch of the messages

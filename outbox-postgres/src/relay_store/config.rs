@@ -26,7 +26,7 @@ impl Default for PgRelayStoreConfig {
             tables: Tables::default(),
             lanes: 64,
             rebalance_interval: Duration::from_secs(1),
-            lease: Duration::from_secs(10),
+            lease: Duration::from_secs(25),
             retention: None,
             purge_batch: 1000,
             purge_interval: Duration::from_secs(5),
@@ -70,9 +70,11 @@ impl PgRelayStoreConfig {
     }
 
     /// How long a relay that stopped answering (a paused process, a dead host) keeps its lanes
-    /// before PostgreSQL ends its session and another relay takes them over. Default 10 s; at least
+    /// before PostgreSQL ends its session and another relay takes them over. Default 25 s; at least
     /// 1 s. The relay renews it every quarter of the lease, and stops sending once a fifth of it is
-    /// left without renewal. The relay's session also ends when it stays a lease inside a
+    /// left without renewal; the publisher's send timeout must fit in that fifth (5 s of the
+    /// default), see [`outbox_core::fence`]. A relay that crashes or is killed loses its session,
+    /// and with it its lanes, at once; the lease only bounds a relay that hangs or is cut off. The relay's session also ends when it stays a lease inside a
     /// transaction, and its statements give up after half a lease (a lock after a quarter), so that a
     /// relay stuck on the database never keeps its lanes.
     ///

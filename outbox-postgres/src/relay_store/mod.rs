@@ -5,6 +5,7 @@
 //! | `config.rs` | [`PgRelayStoreConfig`] |
 //! | `session.rs` | the session that holds the lanes: open, renew the fence, heartbeat, drop, close |
 //! | `lanes.rs` | taking lanes, draining and releasing the ones given up |
+//! | `preflight.rs` | refusing a pooler that breaks the session, and a schema that breaks the horizon |
 //! | `claim.rs` | the horizon and the claim of lane windows; purging retained rows; corrupt rows |
 //! | `settle.rs` | writing back the outcome of windows in one statement |
 //! | `wake.rs` | wake-ups through `LISTEN` |
@@ -12,6 +13,7 @@
 mod claim;
 mod config;
 mod lanes;
+mod preflight;
 mod session;
 mod settle;
 mod wake;
@@ -21,8 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use outbox_core::{ClaimRequest, LaneStore, Lease, Settled, Settlement, WakeUps, Window};
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
 
 pub use config::PgRelayStoreConfig;
@@ -86,6 +88,27 @@ impl PgRelayStore {
             owned_count,
             listener: Mutex::new(None),
         }
+    }
+
+    /// Checks, on a connection of its own, what every session of the relay checks before it takes
+    /// anything: that the database is reached without a pooler in transaction or statement mode,
+    /// and that the schema numbers rows under the writer lock, one number at a time. Call it at
+    /// start-up to fail with a clear error instead of retrying claims that cannot succeed.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] saying what is wrong and how to fix it, [`Error::Database`] when the
+    /// database cannot be reached.
+    pub async fn check(&self) -> Result<(), Error> {
+        let mut conn: PgConnection = sqlx::Connection::connect_with(&self.connect).await?;
+        let checked = async {
+            preflight::refuse_poolers(&mut conn, &self.pool).await?;
+            preflight::check_schema(&mut conn, &self.queries).await
+        }
+        .await;
+        if let Err(error) = sqlx::Connection::close(conn).await {
+            tracing::debug!(%error, "closing the check's connection failed");
+        }
+        checked
     }
 
     /// The lanes this relay owns right now.

@@ -60,7 +60,7 @@ impl Session {
     pub fn renew(&mut self, started: Instant, lease: Duration) {
         self.last_ok = Some(started);
         if let Some(fence) = &self.fence {
-            fence.extend_to(started + lease - lease / 5);
+            fence.extend_to(outbox_core::fence::deadline(started, lease));
         }
     }
 

@@ -172,3 +172,62 @@ async fn separate_transactions_are_claimed_in_commit_order_per_key(pool: PgPool)
     assert_eq!(ids(&batch), vec![first.id, second.id]);
     relay.close().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn forged_and_oversized_messages_are_refused_in_the_transaction_which_stays_usable(
+    pool: PgPool,
+) {
+    migrate(&pool).await;
+    create_orders(&pool).await;
+    // The fields are public: a header set after building slips past the builder's checks.
+    let mut forged = message("k", 1);
+    forged
+        .headers
+        .insert("ce_id".into(), Uuid::now_v7().to_string());
+    let mut nul = message("k", 2);
+    nul.event_type = Some("Order\0Placed".into());
+    let large = Message::builder("orders")
+        .bytes(vec![7_u8; 2048], "application/octet-stream")
+        .expect("valid message");
+    let outbox = PgOutbox::new().max_message_bytes(1024);
+
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("INSERT INTO orders (id, total_cents) VALUES (1, 1999)")
+        .execute(&mut *tx)
+        .await
+        .expect("insert the order");
+    let error = outbox
+        .enqueue_all(&mut tx, &[message("k", 0), forged.clone()])
+        .await
+        .expect_err("a forged ce_id");
+    let text = outbox_core::relay::error_chain(&error);
+    assert!(text.contains(&forged.id.to_string()), "{text}");
+    assert!(text.contains("`ce_id` is reserved"), "{text}");
+    let error = outbox.enqueue(&mut tx, &nul).await.expect_err("a NUL");
+    assert!(
+        outbox_core::relay::error_chain(&error).contains("NUL"),
+        "{error}"
+    );
+    let error = outbox
+        .enqueue(&mut tx, &large)
+        .await
+        .expect_err("too large");
+    let text = error.to_string();
+    assert!(
+        text.contains("above the outbox's limit of 1024 bytes"),
+        "{text}"
+    );
+    let fine = message("k", 3);
+    outbox
+        .enqueue(&mut tx, &fine)
+        .await
+        .expect("the transaction is still usable");
+    tx.commit().await.expect("commit");
+
+    assert_eq!(count(&pool, "orders").await, 1);
+    assert_eq!(
+        outbox_ids(&pool).await,
+        vec![fine.id],
+        "only the valid message"
+    );
+}

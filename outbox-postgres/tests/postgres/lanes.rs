@@ -261,3 +261,44 @@ async fn relays_and_writers_of_another_database_are_ignored(pool: PgPool) {
     );
     assert_eq!(seen.owned, LANES as usize, "the only relay owns every lane");
 }
+
+#[sqlx::test(migrations = false)]
+async fn relays_with_different_lane_counts_starting_at_once_never_both_hold_lanes(pool: PgPool) {
+    migrate(&pool).await;
+    enqueue_committed(&pool, &[message("k", 1)]).await;
+    for round in 0..20 {
+        let (eight, sixteen) = (store(&pool, 8), store(&pool, 16));
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let claims = [&eight, &sixteen].map(|relay| {
+            let start = start.clone();
+            async move {
+                start.wait().await;
+                crate::support::try_claim(relay, 10).await
+            }
+        });
+        let [a, b] = claims;
+        let (a, b) = tokio::join!(a, b);
+        let holding = [
+            (a.is_ok(), eight.owned_lanes().await.len()),
+            (b.is_ok(), sixteen.owned_lanes().await.len()),
+        ];
+        assert!(
+            holding
+                .iter()
+                .filter(|(ok, lanes)| *ok || *lanes > 0)
+                .count()
+                <= 1,
+            "round {round}: both lane counts were accepted at once: {holding:?}"
+        );
+        for (result, expected) in [(a, 8), (b, 16)] {
+            if let Err(error) = result {
+                assert!(
+                    matches!(error, Error::LaneCountMismatch { ours, .. } if ours == expected),
+                    "round {round}: {error:?}"
+                );
+            }
+        }
+        eight.close().await;
+        sixteen.close().await;
+    }
+}

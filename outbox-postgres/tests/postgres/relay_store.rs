@@ -393,6 +393,9 @@ async fn corrupt_rows_are_dead_lettered_and_the_rest_is_claimed(pool: PgPool) {
     let bad_headers = insert_raw(&pool, "orders", "[1,2]").await;
     let bad_header_value = insert_raw(&pool, "orders", r#"{"a": 1}"#).await;
     let bad_topic = insert_raw(&pool, "not a topic!", "{}").await;
+    // Written by plain SQL: a user header forging the id consumers deduplicate on.
+    let forged = format!(r#"{{"ce_id": "{}"}}"#, good_before.id);
+    let forged_id = insert_raw(&pool, "orders", &forged).await;
     let good_after = message("k", 2);
     enqueue_committed(&pool, std::slice::from_ref(&good_after)).await;
 
@@ -403,7 +406,7 @@ async fn corrupt_rows_are_dead_lettered_and_the_rest_is_claimed(pool: PgPool) {
     let dead = dead_letters(&pool).await;
     assert_eq!(
         dead.iter().map(|d| d.seq).collect::<Vec<_>>(),
-        vec![bad_headers, bad_header_value, bad_topic]
+        vec![bad_headers, bad_header_value, bad_topic, forged_id]
     );
     for row in &dead {
         assert!(row.error.contains("corrupt row"), "{row:?}");
@@ -413,6 +416,11 @@ async fn corrupt_rows_are_dead_lettered_and_the_rest_is_claimed(pool: PgPool) {
     assert!(dead[1].error.contains("`a`"), "{:?}", dead[1]);
     assert!(dead[2].error.contains("unroutable"), "{:?}", dead[2]);
     assert_eq!(dead[2].topic, "not a topic!");
+    assert!(
+        dead[3].error.contains("`ce_id` is reserved"),
+        "{:?}",
+        dead[3]
+    );
     assert_eq!(outbox_ids(&pool).await, vec![good_before.id, good_after.id]);
 
     assert_eq!(publish(&relay, &batch).await, 2);

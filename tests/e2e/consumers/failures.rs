@@ -36,6 +36,30 @@ fn event(topic: &str, event_type: &str, seq: i64) -> anyhow::Result<Message> {
         .json(&step)?)
 }
 
+/// How many times the handler was called, per message id.
+#[derive(Clone, Default)]
+struct Calls(Arc<Mutex<HashMap<Uuid, u32>>>);
+
+impl Calls {
+    /// Counts a call for `id`; returns which call it is (1 for the first).
+    fn next(&self, id: Uuid) -> u32 {
+        let mut calls = self.0.lock().expect("not poisoned");
+        let call = calls.entry(id).or_default();
+        *call += 1;
+        *call
+    }
+
+    /// The calls counted for `id`.
+    fn of(&self, id: Uuid) -> u32 {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .get(&id)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
 fn header<'r>(record: &'r Record, name: &str) -> &'r str {
     record.headers.get(name).map_or("<missing>", String::as_str)
 }
@@ -50,7 +74,7 @@ async fn a_handler_failing_three_times_applies_once_and_a_poison_record_is_dead_
     let flaky = messages[4].clone();
     let poison = messages[9].clone();
 
-    let calls: Arc<Mutex<HashMap<Uuid, u32>>> = Arc::default();
+    let calls = Calls::default();
     let counted = calls.clone();
     let (flaky_id, poison_id) = (flaky.id, poison.id);
     let group = group("failures");
@@ -59,12 +83,7 @@ async fn a_handler_failing_three_times_applies_once_and_a_poison_record_is_dead_
             .on(
                 STEP,
                 move |tx: &mut Transaction<'static, Postgres>, step: Step, received: &Received| {
-                    let call = {
-                        let mut calls = counted.lock().expect("not poisoned");
-                        let call = calls.entry(received.id).or_default();
-                        *call += 1;
-                        *call
-                    };
+                    let call = counted.next(received.id);
                     if received.id == flaky_id && call <= 3 {
                         return Box::pin(async move {
                             Err(format!("downstream unavailable (call {call})").into())
@@ -85,10 +104,10 @@ async fn a_handler_failing_three_times_applies_once_and_a_poison_record_is_dead_
     let stats = consumer.stop().await?;
     assert_eq!(stats.dead_lettered, 1);
 
-    let calls = calls.lock().expect("not poisoned").clone();
-    assert_eq!(calls[&flaky.id], 4, "three failures, then success");
+    assert_eq!(calls.of(flaky.id), 4, "three failures, then success");
     assert_eq!(
-        calls[&poison.id], 4,
+        calls.of(poison.id),
+        4,
         "all four attempts spent on the poison record"
     );
     assert_eq!(stats.failures, 3 + 4);
@@ -214,6 +233,7 @@ async fn undecodable_records_are_dead_lettered_with_a_log_line_unknown_types_are
         .json(&"a string")?;
     let unknown = event(&topic, "OrderCancelled", 0)?;
     let last = event(&topic, STEP, 2)?;
+    let first_id = first.id.to_string();
     publish(&[first, not_json.clone(), wrong_shape.clone(), unknown]).await?;
     // Offset 4: no ce_id at all.
     produce_raw(
@@ -221,6 +241,16 @@ async fn undecodable_records_are_dead_lettered_with_a_log_line_unknown_types_are
         "k",
         br#"{"key":"k","seq":99}"#,
         &[("ce_type", STEP)],
+    )
+    .await?;
+    // Offset 5: a second ce_id forging the first step's: read as that one, it would be absorbed as
+    // a duplicate and its own effect lost without a trace.
+    let own_id = Uuid::now_v7().to_string();
+    produce_raw(
+        &topic,
+        "k",
+        br#"{"key":"k","seq":98}"#,
+        &[("ce_id", &own_id), ("ce_type", STEP), ("ce_id", &first_id)],
     )
     .await?;
     publish(&[last]).await?;
@@ -232,7 +262,7 @@ async fn undecodable_records_are_dead_lettered_with_a_log_line_unknown_types_are
     wait_for_effects(&db.pool, 2, Duration::from_secs(60)).await?;
     // The dead letters precede the last step on the partition: all sent by now.
     let stats = consumer.stop().await?;
-    assert_eq!(stats.dead_lettered, 3);
+    assert_eq!(stats.dead_lettered, 4);
 
     // The partition continued: steps 1 and 2 applied, nothing else.
     let report = effects_report(&db.pool).await?;
@@ -240,14 +270,18 @@ async fn undecodable_records_are_dead_lettered_with_a_log_line_unknown_types_are
     assert_eq!(stats.ignored, 1, "the unknown type was skipped and counted");
     assert_eq!(stats.failures, 0, "undecodable records are not retried");
 
-    let records = read_topic(&dead_letters, 3, Duration::from_secs(15)).await?;
+    assert_eq!(
+        stats.duplicates, 0,
+        "the forged id was not taken for the first step's"
+    );
+    let records = read_topic(&dead_letters, 4, Duration::from_secs(15)).await?;
     let by_offset: BTreeMap<String, &Record> = records
         .iter()
         .map(|r| (header(r, DLQ_ORIGINAL_OFFSET).to_owned(), r))
         .collect();
     assert_eq!(
         by_offset.keys().collect::<Vec<_>>(),
-        ["1", "2", "4"],
+        ["1", "2", "4", "5"],
         "{records:?}"
     );
     for record in by_offset.values() {
@@ -260,10 +294,11 @@ async fn undecodable_records_are_dead_lettered_with_a_log_line_unknown_types_are
     assert_eq!(by_offset["2"].id(), Some(wrong_shape.id));
     assert!(header(by_offset["4"], DLQ_ERROR).contains("no ce_id"));
     assert_eq!(header(by_offset["4"], "ce_type"), STEP);
+    assert!(header(by_offset["5"], DLQ_ERROR).contains("`ce_id` appears more than once"));
 
     // Each dead-lettering is a log line at ERROR naming the record and the error.
     let lines = logs.lines();
-    for offset in [1, 2, 4] {
+    for offset in [1, 2, 4, 5] {
         let line = lines
             .iter()
             .find(|l| {
@@ -397,5 +432,146 @@ async fn a_panicking_handler_is_a_failed_attempt_and_unknown_types_can_be_dead_l
     assert_eq!(records[0].id(), Some(unknown.id));
     assert_eq!(header(&records[0], DLQ_REASON), "unknown-type");
     assert!(header(&records[0], DLQ_ERROR).contains("OrderCancelled"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_that_swallows_a_failed_statement_or_ends_its_transaction_is_retried_not_counted_applied()
+-> anyhow::Result<()> {
+    let (db, topic) = fresh(1).await?;
+    let dead_letters = create_topic(1).await?;
+    let messages = publish_steps(&topic, 1, 3).await?;
+    let (swallowing, rolling_back, poison) = (messages[0].id, messages[1].id, messages[2].id);
+
+    let calls = Calls::default();
+    let counted = calls.clone();
+    let consumer = Running::start(
+        builder(&db, &topic, &group("swallowed"))?
+            .on(
+                STEP,
+                move |tx: &mut Transaction<'static, Postgres>, step: Step, received: &Received| {
+                    let call = counted.next(received.id);
+                    let id = received.id;
+                    Box::pin(async move {
+                        record_step(tx, step, received, "consumer").await?;
+                        if (id == swallowing && call == 1) || id == poison {
+                            // A failing statement whose error the handler drops.
+                            let ignored = sqlx::query("SELECT 1 / 0").execute(&mut **tx).await;
+                            assert!(ignored.is_err(), "division by zero fails");
+                        }
+                        if id == rolling_back && call == 1 {
+                            sqlx::query("ROLLBACK").execute(&mut **tx).await?;
+                        }
+                        Ok(())
+                    })
+                },
+            )
+            .retry(quick_retry(3))
+            .dead_letter_topic(&dead_letters),
+    )?;
+    wait_for_effects(&db.pool, 2, Duration::from_secs(60)).await?;
+    wait_for_stats(
+        &consumer.stats,
+        Duration::from_secs(30),
+        "the poison dead-lettered",
+        |s| s.dead_lettered == 1,
+    )
+    .await?;
+    let stats = consumer.stop().await?;
+
+    let report = effects_report(&db.pool).await?;
+    assert_eq!(
+        report.rows, 2,
+        "each applied once, nothing lost: {report:?}"
+    );
+    let applied: Vec<Uuid> = sqlx::query_scalar("SELECT message_id FROM effects ORDER BY n")
+        .fetch_all(&db.pool)
+        .await?;
+    assert_eq!(applied, [swallowing, rolling_back]);
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE message_id = $1")
+        .bind(poison)
+        .fetch_one(&db.pool)
+        .await?;
+    assert_eq!(inbox, 0, "the poison record is not remembered as applied");
+    assert_eq!(stats.applied, 2, "{stats:?}");
+    assert_eq!(stats.failures, 1 + 1 + 3, "{stats:?}");
+    assert_eq!(
+        (
+            calls.of(swallowing),
+            calls.of(rolling_back),
+            calls.of(poison)
+        ),
+        (2, 2, 3)
+    );
+
+    let records = read_topic(&dead_letters, 1, Duration::from_secs(15)).await?;
+    assert_eq!(records[0].id(), Some(poison));
+    assert_eq!(header(&records[0], DLQ_REASON), "handler-failed");
+    assert!(
+        header(&records[0], DLQ_ERROR).contains("returned Ok regardless"),
+        "{}",
+        header(&records[0], DLQ_ERROR)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_handler_is_cut_off_by_the_timeout_and_its_partition_shows_as_stalled_meanwhile()
+-> anyhow::Result<()> {
+    let (db, topic) = fresh(1).await?;
+    let messages = publish_steps(&topic, 1, 2).await?;
+    let hung = messages[0].id;
+    let calls = Calls::default();
+    let counted = calls.clone();
+    let timeout = Duration::from_secs(2);
+    let consumer = Running::start(
+        builder(&db, &topic, &group("hung"))?
+            .on(
+                STEP,
+                move |tx: &mut Transaction<'static, Postgres>, step: Step, received: &Received| {
+                    let call = counted.next(received.id);
+                    let id = received.id;
+                    Box::pin(async move {
+                        record_step(tx, step, received, "consumer").await?;
+                        if id == hung && call == 1 {
+                            // A remote call that never answers, with the transaction open.
+                            std::future::pending::<()>().await;
+                        }
+                        Ok(())
+                    })
+                },
+            )
+            .handler_timeout(timeout),
+    )?;
+    // While it hangs, its partition shows the record in hand, for longer and longer.
+    let mut stalled = Vec::new();
+    for _ in 0..100 {
+        stalled = consumer.stats.in_hand();
+        if stalled
+            .first()
+            .is_some_and(|r| r.elapsed >= Duration::from_millis(500))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = stalled.first().cloned();
+    assert!(
+        first
+            .as_ref()
+            .is_some_and(|r| r.topic == topic && r.partition == 0 && r.offset == 0),
+        "the hung record is in hand: {stalled:?}"
+    );
+    wait_for_effects(&db.pool, 2, Duration::from_secs(60)).await?;
+    let stats = consumer.stop().await?;
+    assert_eq!(stats.timeouts, 1, "{stats:?}");
+    assert_eq!(stats.failures, 1, "{stats:?}");
+    assert_eq!(stats.applied, 2, "{stats:?}");
+    let report = effects_report(&db.pool).await?;
+    assert_eq!(
+        report.rows, 2,
+        "the cut-off attempt left nothing: {report:?}"
+    );
+    assert_eq!(calls.of(hung), 2);
     Ok(())
 }

@@ -8,6 +8,9 @@ use uuid::Uuid;
 
 use super::{INBOX_NAME, Running, fresh, group, publish_steps, step_consumer, wait_for_stats};
 
+/// A consumer sharing the inbox table, with a longer horizon of its own.
+const OTHER: &str = "audit";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn inbox_rows_past_the_horizon_are_purged_in_batches_and_recent_ones_kept()
 -> anyhow::Result<()> {
@@ -18,25 +21,23 @@ async fn inbox_rows_past_the_horizon_are_purged_in_batches_and_recent_ones_kept(
         "INSERT INTO inbox (consumer, message_id, received_at)
          SELECT $1, id, now() - interval '10 days' FROM unnest($2::uuid[]) AS id
          UNION ALL
-         SELECT $1, id, now() - interval '1 hour' FROM unnest($3::uuid[]) AS id",
+         SELECT $1, id, now() - interval '1 hour' FROM unnest($3::uuid[]) AS id
+         UNION ALL
+         SELECT $4, gen_random_uuid(), now() - interval '10 days' FROM generate_series(1, 4)",
     )
     .bind(INBOX_NAME)
     .bind(&old)
     .bind(&recent)
+    .bind(OTHER)
     .execute(&db.pool)
     .await?;
     publish_steps(&topic, 1, 1).await?;
 
-    let inbox = outbox_postgres::PgInbox::new(db.pool.clone());
     let consumer = Running::start(
         step_consumer(&db, &topic, &group("retention"), "consumer")?.inbox_retention(
             InboxRetention::keep(Duration::from_secs(86_400))
                 .every(Duration::from_millis(200))
                 .batch(2),
-            move |before, batch| {
-                let inbox = inbox.clone();
-                async move { inbox.purge_older_than(before, batch).await }
-            },
         ),
     )?;
     wait_for_effects(&db.pool, 1, Duration::from_secs(60)).await?;
@@ -49,9 +50,11 @@ async fn inbox_rows_past_the_horizon_are_purged_in_batches_and_recent_ones_kept(
     let stats = consumer.stop().await?;
     assert_eq!(stats.purged, 5);
 
-    let left: Vec<Uuid> = sqlx::query_scalar("SELECT message_id FROM inbox ORDER BY received_at")
-        .fetch_all(&db.pool)
-        .await?;
+    let left: Vec<Uuid> =
+        sqlx::query_scalar("SELECT message_id FROM inbox WHERE consumer = $1 ORDER BY received_at")
+            .bind(INBOX_NAME)
+            .fetch_all(&db.pool)
+            .await?;
     assert_eq!(
         left.len(),
         4,
@@ -64,6 +67,14 @@ async fn inbox_rows_past_the_horizon_are_purged_in_batches_and_recent_ones_kept(
     assert!(
         recent.iter().all(|id| left.contains(id)),
         "recent rows kept"
+    );
+    let others: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE consumer = $1")
+        .bind(OTHER)
+        .fetch_one(&db.pool)
+        .await?;
+    assert_eq!(
+        others, 4,
+        "another consumer's rows are its own to purge, however old"
     );
     Ok(())
 }
