@@ -101,7 +101,7 @@ impl PgRelayStore {
     pub async fn check(&self) -> Result<(), Error> {
         let mut conn: PgConnection = sqlx::Connection::connect_with(&self.connect).await?;
         let checked = async {
-            preflight::refuse_poolers(&mut conn, &self.pool).await?;
+            preflight::refuse_poolers(&mut conn, &self.connect).await?;
             preflight::check_schema(&mut conn, &self.queries).await
         }
         .await;

@@ -1,7 +1,8 @@
 //! What the relay checks of the database before it holds anything: a connection pooler that would
 //! break its session, and a schema that would break the publish horizon.
 
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection, Row};
 
 use crate::error::Error;
 use crate::queries::Queries;
@@ -12,13 +13,21 @@ use crate::queries::Queries;
 /// timeouts would stay with a backend other clients then use.
 ///
 /// Two signs, either one enough: the backend changes between two statements of `session`, or
-/// another connection (from `pool`) reaches `session`'s backend. The probes use the simple query
-/// protocol, which poolers pass through whatever their mode.
-pub(super) async fn refuse_poolers(session: &mut PgConnection, pool: &PgPool) -> Result<(), Error> {
+/// another connection, opened with `connect` for the purpose (not from the pool, whose connections
+/// may all be taken), reaches `session`'s backend. The probes use the simple query protocol, which
+/// poolers pass through whatever their mode.
+pub(super) async fn refuse_poolers(
+    session: &mut PgConnection,
+    connect: &PgConnectOptions,
+) -> Result<(), Error> {
     let first = backend_pid(&mut *session).await?;
     let other = {
-        let mut conn = pool.acquire().await?;
-        backend_pid(&mut conn).await?
+        let mut conn = PgConnection::connect_with(connect).await?;
+        let pid = backend_pid(&mut conn).await;
+        if let Err(error) = conn.close().await {
+            tracing::debug!(%error, "closing the pooler probe's connection failed");
+        }
+        pid?
     };
     let second = backend_pid(&mut *session).await?;
     let reason = if first != second {

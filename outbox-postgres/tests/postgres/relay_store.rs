@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use outbox_core::testing::MemoryPublisher;
 use outbox_core::{
     CancellationToken, ClaimRequest, DeadLetter, LaneStore, Lease, Message, PublishErrorKind,
-    Relay, RelayConfig, Retry, Settlement,
+    Relay, RelayConfig, Retry, Settlement, WakeUps,
 };
 use outbox_postgres::{PgRelayStore, PgRelayStoreConfig};
 use sqlx::PgPool;
@@ -486,4 +486,43 @@ async fn the_relay_engine_publishes_everything_in_order_over_postgres(pool: PgPo
 
 fn ids_of(messages: &[Message]) -> Vec<Uuid> {
     messages.iter().map(|m| m.id).collect()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_relay_whose_pool_is_all_taken_by_the_listener_still_opens_a_new_session(pool: PgPool) {
+    migrate(&pool).await;
+    enqueue_committed(&pool, &[message("k", 1)]).await;
+    // One pooled connection, which the wake-up listener keeps once it listens.
+    let single = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .expect("a pool of one");
+    let relay = PgRelayStore::new(single, PgRelayStoreConfig::default());
+    assert_eq!(claim(&relay, 10).await.len(), 1);
+    relay.wait_for_work(Duration::from_millis(10)).await;
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'outbox-relay' AND datname = current_database()",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("end the relay's session");
+    assert_eq!(terminated, [true]);
+    enqueue_committed(&pool, &[message("k", 2)]).await;
+    // The lost session fails one claim; the next one opens a new session without the pool.
+    let _ = crate::support::try_claim(&relay, 10).await;
+    let reopened = tokio::time::timeout(
+        Duration::from_secs(10),
+        crate::support::try_claim(&relay, 10),
+    )
+    .await
+    .expect("a new session within 10 s, not after the pool's acquire timeout")
+    .expect("a new session");
+    assert!(
+        !reopened.is_empty(),
+        "the waiting messages are claimed again"
+    );
+    relay.close().await;
 }
