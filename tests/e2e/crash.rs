@@ -11,6 +11,8 @@ use uuid::Uuid;
 use crate::relay_program;
 
 const MESSAGES: usize = 10_000;
+/// Enqueued besides the messages: one per gate.
+const GATES: usize = 2;
 const KEYS: usize = 100;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -19,42 +21,38 @@ async fn a_relay_killed_mid_backlog_and_restarted_loses_nothing_and_keeps_per_ke
     init_logs();
     let db = TestDb::create().await?;
     let topic = create_topic(6).await?;
-    let outbox = PgOutbox::new();
-    let mut enqueued: Vec<(String, Uuid)> = Vec::with_capacity(MESSAGES);
-    for chunk in 0..10 {
-        let messages: Vec<Message> = (0..MESSAGES / 10)
-            .map(|i| {
-                let n = chunk * (MESSAGES / 10) + i;
-                Message::builder(&topic)
-                    .key(format!("key-{}", n % KEYS))
-                    .json(&n)
-            })
-            .collect::<Result<_, _>>()?;
-        enqueued.extend(messages.iter().map(|m| {
-            (
-                String::from_utf8_lossy(m.key.as_deref().unwrap_or_default()).into_owned(),
-                m.id,
-            )
-        }));
-        let mut tx = db.pool.begin().await?;
-        outbox.enqueue_all(&mut tx, &messages).await?;
-        tx.commit().await?;
-    }
+    let mut enqueued: Vec<(String, Uuid)> = Vec::with_capacity(MESSAGES + GATES);
+    enqueue_chunks(&db, &topic, 0..4, &mut enqueued).await?;
 
+    // Each relay is killed while messages wait, however fast it is: once it works, an open
+    // enqueuing transaction (a gate) is started and 3,000 more are committed behind it. The
+    // relay cannot claim past the gate's number while the gate is open (the publish horizon), so
+    // the kill, once a part of what is before the gate was published, always leaves the 3,000.
     let flags = ["--batch-size", "250", "--poll-interval", "100ms"];
     let mut kills = Vec::new();
-    for stop_at in [7_000, 3_000] {
+    for (round, chunks) in [(0, 4..7), (1, 7..10)] {
         let relay = RelayProcess::spawn(relay_program(), &db, &flags)?;
-        let seen = db
-            .wait_until_backlog_at_most(stop_at, Duration::from_secs(120))
+        let before = db.outbox_count().await?;
+        db.wait_until_backlog_at_most(before - 100, Duration::from_secs(120))
+            .await?;
+        let gate = Message::builder(&topic)
+            .key(format!("gate-{round}"))
+            .json(&"gate")?;
+        let mut gate_tx = outbox_tests::connect(&db).await?;
+        sqlx::raw_sql("BEGIN").execute(&mut gate_tx).await?;
+        PgOutbox::new().enqueue(&mut gate_tx, &gate).await?;
+        enqueued.push((format!("gate-{round}"), gate.id));
+        enqueue_chunks(&db, &topic, chunks, &mut enqueued).await?;
+        db.wait_until_backlog_at_most(3_000 + 1_000, Duration::from_secs(120))
             .await?;
         relay.kill().await?;
         let left = db.outbox_count().await?;
         kills.push(left);
         assert!(
-            left > 0,
-            "the kill must happen mid-backlog (saw {seen} left)"
+            left >= 3_000,
+            "the gate held 3,000 messages back, yet only {left} were left at the kill"
         );
+        sqlx::raw_sql("COMMIT").execute(&mut gate_tx).await?;
     }
     let relay = RelayProcess::spawn(relay_program(), &db, &flags)?;
     db.wait_until_drained(Duration::from_secs(120)).await?;
@@ -76,11 +74,12 @@ async fn a_relay_killed_mid_backlog_and_restarted_loses_nothing_and_keeps_per_ke
         .collect();
     assert!(
         missing.is_empty(),
-        "{} of {MESSAGES} messages never reached the topic",
-        missing.len()
+        "{} of {} messages never reached the topic",
+        missing.len(),
+        MESSAGES + GATES
     );
     let distinct: HashSet<&Uuid> = first_seen.keys().collect();
-    assert_eq!(distinct.len(), MESSAGES);
+    assert_eq!(distinct.len(), MESSAGES + GATES);
 
     // Per key, the first occurrences must follow enqueue order. Records of one key share a
     // partition, and `records` keeps each partition's order.
@@ -94,11 +93,40 @@ async fn a_relay_killed_mid_backlog_and_restarted_loses_nothing_and_keeps_per_ke
             );
         }
     }
-    let duplicates = records.len() - MESSAGES;
+    let duplicates = records.len() - MESSAGES - GATES;
     println!(
-        "relay killed twice mid-backlog (outbox held {kills:?} at the kills); {} records for {MESSAGES} messages: {duplicates} duplicates",
-        records.len()
+        "relay killed twice mid-backlog (outbox held {kills:?} at the kills); {} records for {} messages: {duplicates} duplicates",
+        records.len(),
+        MESSAGES + GATES
     );
+    Ok(())
+}
+
+/// Commits the messages of `chunks` (1,000 each, numbered `chunk * 1000 + i`, over [`KEYS`] keys),
+/// one transaction per chunk, and records them in `enqueued` in enqueue order.
+async fn enqueue_chunks(
+    db: &TestDb,
+    topic: &str,
+    chunks: std::ops::Range<usize>,
+    enqueued: &mut Vec<(String, Uuid)>,
+) -> anyhow::Result<()> {
+    for chunk in chunks {
+        let messages: Vec<Message> = (0..MESSAGES / 10)
+            .map(|i| {
+                let n = chunk * (MESSAGES / 10) + i;
+                Message::builder(topic)
+                    .key(format!("key-{}", n % KEYS))
+                    .json(&n)
+            })
+            .collect::<Result<_, _>>()?;
+        enqueued.extend(messages.iter().map(|m| {
+            (
+                String::from_utf8_lossy(m.key.as_deref().unwrap_or_default()).into_owned(),
+                m.id,
+            )
+        }));
+        db.enqueue_committed(&messages).await?;
+    }
     Ok(())
 }
 
