@@ -310,7 +310,7 @@ async fn an_open_enqueuing_transaction_shows_as_horizon_lag_and_in_status_until_
     let relay = RelayProcess::spawn(relay_program(), &db, &["--metrics-address", &address])?;
     wait_for_listener(&address, &relay).await?;
     let mut lag = 0.0;
-    for _ in 0..200 {
+    for _ in 0..1200 {
         let metrics = Metrics::scrape(&address).await?;
         lag = metrics
             .value("outbox_horizon_lag_seconds", &[])
@@ -350,7 +350,7 @@ async fn an_open_enqueuing_transaction_shows_as_horizon_lag_and_in_status_until_
     sqlx::raw_sql("COMMIT").execute(&mut stalled).await?;
     db.wait_until_drained(Duration::from_secs(30)).await?;
     let mut metrics = Metrics::scrape(&address).await?;
-    for _ in 0..100 {
+    for _ in 0..600 {
         if metrics.value("outbox_horizon_lag_seconds", &[]) == Some(0.0) {
             break;
         }
@@ -394,7 +394,7 @@ async fn a_topic_whose_partition_count_changes_is_logged_and_counted() -> anyhow
         let address = address.clone();
         let topic = topic.clone();
         async move {
-            for _ in 0..300 {
+            for _ in 0..1200 {
                 let metrics = Metrics::scrape(&address).await?;
                 if metrics.value("outbox_topic_partitions", &[("topic", &topic)]) == Some(want) {
                     return anyhow::Ok(metrics);
