@@ -307,6 +307,18 @@ async fn dead_letters_move_to_their_table_with_error_and_attempts(pool: PgPool) 
     relay.close().await;
 }
 
+/// Ends the one session of the relay program on this database, as a failover or an admin would.
+async fn end_relay_session(pool: &PgPool) {
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'outbox-relay' AND datname = current_database()",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("terminate the relay session");
+    assert_eq!(terminated, vec![true], "exactly the relay's session");
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_settlement_after_the_session_was_killed_changes_nothing(pool: PgPool) {
     migrate(&pool).await;
@@ -316,14 +328,7 @@ async fn a_settlement_after_the_session_was_killed_changes_nothing(pool: PgPool)
     let batch = claim(&relay, 10).await;
     assert_eq!(batch.len(), 3);
 
-    let terminated: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE application_name = 'outbox-relay' AND datname = current_database()",
-    )
-    .fetch_all(&pool)
-    .await
-    .expect("terminate the relay session");
-    assert_eq!(terminated, vec![true], "exactly the relay's session");
+    end_relay_session(&pool).await;
 
     let dead_letter = Settlement {
         dead_letters: vec![DeadLetter {
@@ -502,14 +507,7 @@ async fn a_relay_whose_pool_is_all_taken_by_the_listener_still_opens_a_new_sessi
     let relay = PgRelayStore::new(single, PgRelayStoreConfig::default());
     assert_eq!(claim(&relay, 10).await.len(), 1);
     relay.wait_for_work(Duration::from_millis(10)).await;
-    let terminated: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE application_name = 'outbox-relay' AND datname = current_database()",
-    )
-    .fetch_all(&pool)
-    .await
-    .expect("end the relay's session");
-    assert_eq!(terminated, [true]);
+    end_relay_session(&pool).await;
     enqueue_committed(&pool, &[message("k", 2)]).await;
     // The lost session fails one claim; the next one opens a new session without the pool.
     let _ = crate::support::try_claim(&relay, 10).await;
