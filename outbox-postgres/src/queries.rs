@@ -81,6 +81,10 @@ impl Queries {
         // pg_locks lists the locks of every database of the server; advisory locks are per database.
         let this_database =
             "database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+        // The writer lock is taken here as well as by the `seq` default (`outbox_next_seq()`,
+        // migration 3): a service may run this library against a database not migrated that far
+        // yet, whose default is a bare `nextval`. Taking a shared lock the transaction holds
+        // already is a lookup in its local lock table.
         let enqueue = |notify: &str| {
             format!(
                 "INSERT INTO {outbox} (id, slot, topic, key, event_type, source, content_type, payload, headers, created_at)

@@ -224,6 +224,25 @@ async fn a_message_larger_than_the_broker_accepts_is_parked_with_its_error_and_t
     Ok(())
 }
 
+/// `outbox-relay run` against the database at `url` and the test broker, giving up on the
+/// database after 5 s: its exit status and stderr.
+async fn run_against(url: &str) -> anyhow::Result<(std::process::ExitStatus, String)> {
+    let brokers = services::brokers()?;
+    run_relay_program(
+        relay_program(),
+        &[
+            "run",
+            "--database-url",
+            url,
+            "--brokers",
+            &brokers,
+            "--connect-timeout",
+            "5s",
+        ],
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_without_the_outbox_schema_is_refused_with_the_fix_named() -> anyhow::Result<()>
 {
@@ -231,20 +250,7 @@ async fn a_database_without_the_outbox_schema_is_refused_with_the_fix_named() ->
     sqlx::raw_sql("DROP TABLE outbox, outbox_dead_letters, inbox, outbox_migrations")
         .execute(&db.pool)
         .await?;
-    let brokers = services::brokers()?;
-    let (status, stderr) = run_relay_program(
-        relay_program(),
-        &[
-            "run",
-            "--database-url",
-            &db.url,
-            "--brokers",
-            &brokers,
-            "--connect-timeout",
-            "5s",
-        ],
-    )
-    .await?;
+    let (status, stderr) = run_against(&db.url).await?;
     assert!(!status.success(), "exit status {status}");
     assert!(stderr.contains("lacks migrations [1, 2, 3]"), "{stderr}");
     assert!(
@@ -261,20 +267,7 @@ async fn a_database_reached_through_a_transaction_pooler_is_refused_before_anyth
     db.enqueue_committed(&[outbox_core::Message::builder("never-published").json(&1)?])
         .await?;
     let pooled = services::pgbouncer_url(&db.name)?;
-    let brokers = services::brokers()?;
-    let (status, stderr) = run_relay_program(
-        relay_program(),
-        &[
-            "run",
-            "--database-url",
-            &pooled,
-            "--brokers",
-            &brokers,
-            "--connect-timeout",
-            "5s",
-        ],
-    )
-    .await?;
+    let (status, stderr) = run_against(&pooled).await?;
     assert!(!status.success(), "exit status {status}");
     assert!(
         stderr.contains("pooler in transaction or statement mode"),

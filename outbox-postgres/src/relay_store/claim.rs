@@ -22,8 +22,7 @@ impl PgRelayStore {
     pub(super) async fn connect(&self, session: &mut Session) -> Result<(), Error> {
         let started = Instant::now();
         let mut conn: PgConnection = sqlx::Connection::connect_with(&self.connect).await?;
-        preflight::refuse_poolers(&mut conn, &self.connect).await?;
-        preflight::check_schema(&mut conn, &self.queries).await?;
+        preflight::run(&mut conn, &self.connect, &self.queries).await?;
         sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
             .bind(self.queries.namespace)
             .bind(MEMBER_BASE + self.lanes as i32)

@@ -100,11 +100,7 @@ impl PgRelayStore {
     /// database cannot be reached.
     pub async fn check(&self) -> Result<(), Error> {
         let mut conn: PgConnection = sqlx::Connection::connect_with(&self.connect).await?;
-        let checked = async {
-            preflight::refuse_poolers(&mut conn, &self.connect).await?;
-            preflight::check_schema(&mut conn, &self.queries).await
-        }
-        .await;
+        let checked = preflight::run(&mut conn, &self.connect, &self.queries).await;
         if let Err(error) = sqlx::Connection::close(conn).await {
             tracing::debug!(%error, "closing the check's connection failed");
         }

@@ -7,6 +7,17 @@ use sqlx::{Connection, PgConnection, Row};
 use crate::error::Error;
 use crate::queries::Queries;
 
+/// Every check, on `conn`, before it holds anything: the pooler first (the schema check's answer
+/// would mean nothing through one), then the schema.
+pub(super) async fn run(
+    conn: &mut PgConnection,
+    connect: &PgConnectOptions,
+    queries: &Queries,
+) -> Result<(), Error> {
+    refuse_poolers(conn, connect).await?;
+    check_schema(conn, queries).await
+}
+
 /// Refuses a connection whose statements do not all reach one server backend of its own: a pooler
 /// in transaction or statement mode (PgBouncer, for instance) hands each transaction to whichever
 /// backend is free, so session advisory locks (lane ownership), `LISTEN` and the session's
@@ -16,7 +27,7 @@ use crate::queries::Queries;
 /// another connection, opened with `connect` for the purpose (not from the pool, whose connections
 /// may all be taken), reaches `session`'s backend. The probes use the simple query protocol, which
 /// poolers pass through whatever their mode.
-pub(super) async fn refuse_poolers(
+async fn refuse_poolers(
     session: &mut PgConnection,
     connect: &PgConnectOptions,
 ) -> Result<(), Error> {
@@ -54,7 +65,7 @@ async fn backend_pid(conn: &mut PgConnection) -> Result<i32, Error> {
 /// Refuses a schema the publish horizon cannot rely on: a sequence that hands out blocks of
 /// numbers (a session could number a row long after the horizon passed its number), or a `seq`
 /// default that does not take the writer lock (rows written without the library would bypass it).
-pub(super) async fn check_schema(conn: &mut PgConnection, queries: &Queries) -> Result<(), Error> {
+async fn check_schema(conn: &mut PgConnection, queries: &Queries) -> Result<(), Error> {
     let row = sqlx::Executor::fetch_one(conn, sqlx::raw_sql(&queries.schema_check)).await?;
     let cache: Option<i64> = row.try_get(0)?;
     let default: Option<String> = row.try_get(1)?;
