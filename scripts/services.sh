@@ -165,7 +165,8 @@ start_debian_cluster() {
   [[ -d $conf ]] || fail "no PostgreSQL cluster under $conf"
   sed -i -E 's/^(host\s+(all|replication)\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$conf/pg_hba.conf"
   mkdir -p "$conf/conf.d"
-  printf '# Written by scripts/services.sh\nwal_level = logical\n' >"$conf/conf.d/outbox.conf"
+  # Tests of WAL capture run side by side, each with a replication slot and a walsender.
+  printf '# Written by scripts/services.sh\nwal_level = logical\nmax_replication_slots = 64\nmax_wal_senders = 64\n' >"$conf/conf.d/outbox.conf"
   # The package's installation may have started the server already (with the old settings).
   pg_ctlcluster --skip-systemctl-redirect "$version" main status >/dev/null 2>&1 && action=restart
   log "PostgreSQL $version: $action"
@@ -192,21 +193,30 @@ if ! port_open 5432; then
   start_debian_cluster "$(debian_cluster)"
 fi
 wait_for_postgres
-wal_level=$(psql "$database_url" -XAtqc 'SHOW wal_level' 2>&1) || wal_level="unknown (cannot connect: $wal_level)"
-if [[ $wal_level != logical ]]; then
+server_settings() {
+  psql "$database_url" -XAtqc "SELECT current_setting('wal_level') || ' ' || current_setting('max_replication_slots') || ' ' || current_setting('max_wal_senders')" 2>&1
+}
+wanted_settings="logical 64 64"
+wal_level=$(server_settings) || wal_level="unknown (cannot connect: $wal_level)"
+if [[ $wal_level != "$wanted_settings" ]]; then
   # A server that another start left with other settings: ours to change only if it is the
   # machine's Debian cluster on this port.
   version=$(debian_cluster)
   if [[ -z $version ]] || ! grep -qE '^\s*port\s*=\s*5432' "/etc/postgresql/$version/main/postgresql.conf"; then
-    fail "PostgreSQL on 127.0.0.1:5432 has wal_level=$wal_level; the tests need a server that DATABASE_URL reaches with wal_level=logical"
+    fail "PostgreSQL on 127.0.0.1:5432 runs with (wal_level max_replication_slots max_wal_senders) = ($wal_level); the tests need a server that DATABASE_URL reaches with ($wanted_settings)"
   fi
   start_debian_cluster "$version"
   wait_for_postgres
-  wal_level=$(psql "$database_url" -XAtqc 'SHOW wal_level' 2>&1) ||
+  wal_level=$(server_settings) ||
     fail "cannot connect to PostgreSQL on 127.0.0.1:5432 as DATABASE_URL says: $wal_level"
-  [[ $wal_level == logical ]] || fail "PostgreSQL still runs with wal_level=$wal_level after a restart"
+  [[ $wal_level == "$wanted_settings" ]] ||
+    fail "PostgreSQL still runs with (wal_level max_replication_slots max_wal_senders) = ($wal_level) after a restart"
 fi
-log "PostgreSQL answers on 127.0.0.1:5432 (wal_level=logical)"
+# Slots left by tests that were killed would hold WAL (and slots) forever: drop those of test
+# databases that nothing is connected to.
+psql "$database_url" -XAtqc "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots AS s
+  WHERE NOT active AND database LIKE 'outbox%' AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.datname = s.database)" >/dev/null 2>&1 || true
+log "PostgreSQL answers on 127.0.0.1:5432 (wal_level=logical, 64 replication slots)"
 
 # --- PgBouncer (transaction pooling, for the tests that the relay refuses it) --------------------
 pgbouncer_dir=$state/pgbouncer

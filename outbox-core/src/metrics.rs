@@ -46,6 +46,16 @@ pub const READY: &str = "outbox_ready";
 /// holds a transaction open: `outbox-relay status` names it.
 pub const HORIZON_LAG: &str = "outbox_horizon_lag_seconds";
 
+/// Counter, label `reason` (`foreign_prefix`, `malformed`): logical messages in the WAL stream that
+/// the relay did not publish: another program's (skipped), or unreadable ones (dead-lettered).
+pub const WAL_SKIPPED: &str = "outbox_wal_messages_skipped_total";
+/// Gauge, bytes: WAL between the server's current position and the slot's confirmed position.
+pub const WAL_LAG_BYTES: &str = "outbox_wal_lag_bytes";
+/// Gauge, seconds: age of the oldest committed transaction whose messages are not all settled.
+pub const WAL_LAG_SECONDS: &str = "outbox_wal_lag_seconds";
+/// Gauge: 1 while this relay reads the replication slot, 0 while it stands by.
+pub const WAL_READING: &str = "outbox_wal_reading";
+
 /// Registers the help text and unit of every metric with the installed recorder.
 pub fn describe() {
     describe_counter!(
@@ -86,6 +96,24 @@ pub fn describe() {
         HORIZON_LAG,
         Unit::Seconds,
         "How long messages have waited for open enqueuing transactions before they could be claimed; 0 when none waits."
+    );
+    describe_counter!(
+        WAL_SKIPPED,
+        "Logical messages not published: another program's prefix (skipped) or a malformed envelope (dead-lettered)."
+    );
+    describe_gauge!(
+        WAL_LAG_BYTES,
+        Unit::Bytes,
+        "WAL between the server's current position and the replication slot's confirmed position."
+    );
+    describe_gauge!(
+        WAL_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest committed transaction whose messages are not all settled; 0 when none."
+    );
+    describe_gauge!(
+        WAL_READING,
+        "1 while this relay reads the replication slot, 0 while it stands by."
     );
 }
 
@@ -156,4 +184,20 @@ pub fn lanes_changed(owned: usize, change: &'static str, lanes: usize) {
     if lanes > 0 {
         counter!(LANE_CHANGES, "change" => change).increment(lanes as u64);
     }
+}
+
+/// Counts a logical message the relay did not publish (see [`WAL_SKIPPED`]).
+pub fn wal_skipped(reason: &'static str) {
+    counter!(WAL_SKIPPED, "reason" => reason).increment(1);
+}
+
+/// Records how far the replication slot is behind (see [`WAL_LAG_BYTES`], [`WAL_LAG_SECONDS`]).
+pub fn wal_lag(bytes: u64, seconds: f64) {
+    gauge!(WAL_LAG_BYTES).set(bytes as f64);
+    gauge!(WAL_LAG_SECONDS).set(seconds);
+}
+
+/// Records whether this relay reads the replication slot (see [`WAL_READING`]).
+pub fn wal_reading(reading: bool) {
+    gauge!(WAL_READING).set(if reading { 1.0 } else { 0.0 });
 }

@@ -115,12 +115,12 @@ where
 
 /// Decodes the payload as JSON into `T`, refusing payloads whose content type says they are not.
 fn decode_json<T: DeserializeOwned>(received: &Received) -> Result<T, DecodeError> {
-    if let Some(content_type) = &received.content_type {
-        if !content_type.to_ascii_lowercase().contains("json") {
-            return Err(DecodeError(format!(
-                "content-type `{content_type}` is not JSON; a typed handler needs a JSON payload"
-            )));
-        }
+    if let Some(content_type) = &received.content_type
+        && !content_type.to_ascii_lowercase().contains("json")
+    {
+        return Err(DecodeError(format!(
+            "content-type `{content_type}` is not JSON; a typed handler needs a JSON payload"
+        )));
     }
     serde_json::from_slice(&received.payload).map_err(|error| {
         DecodeError(format!(

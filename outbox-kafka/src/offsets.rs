@@ -146,10 +146,10 @@ impl Assignments {
     /// Notes that the worker of `generation` gave up on `offset` without finishing it (stopped):
     /// nothing is stored for it.
     pub fn abandon(&mut self, partition: &TopicPartition, generation: u64, offset: i64) {
-        if let Some(lane) = self.lane(partition, generation) {
-            if lane.in_flight == Some(offset) {
-                lane.in_flight = None;
-            }
+        if let Some(lane) = self.lane(partition, generation)
+            && lane.in_flight == Some(offset)
+        {
+            lane.in_flight = None;
         }
     }
 

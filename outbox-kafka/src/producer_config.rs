@@ -68,32 +68,32 @@ pub(crate) fn prepare(config: &ClientConfig) -> Result<(ClientConfig, Duration),
         config.remove(alias);
         config.set(*name, second);
     }
-    if let Some(value) = config.get("enable.idempotence") {
-        if value != "true" {
-            return Err(unsafe_setting(
-                "enable.idempotence",
-                value,
-                "the relay needs the idempotent producer to keep per-key order across retries",
-            ));
-        }
+    if let Some(value) = config.get("enable.idempotence")
+        && value != "true"
+    {
+        return Err(unsafe_setting(
+            "enable.idempotence",
+            value,
+            "the relay needs the idempotent producer to keep per-key order across retries",
+        ));
     }
-    if let Some(value) = config.get("acks") {
-        if !matches!(value, "all" | "-1") {
-            return Err(unsafe_setting(
-                "acks",
-                value,
-                "only acks=all makes an acknowledgement mean the message survives a broker failure",
-            ));
-        }
+    if let Some(value) = config.get("acks")
+        && !matches!(value, "all" | "-1")
+    {
+        return Err(unsafe_setting(
+            "acks",
+            value,
+            "only acks=all makes an acknowledgement mean the message survives a broker failure",
+        ));
     }
-    if let Some(value) = config.get("partitioner") {
-        if !KEYED_PARTITIONERS.contains(&value) {
-            return Err(unsafe_setting(
-                "partitioner",
-                value,
-                "the relay's per-key order needs every message of a key on one partition (murmur2_random, the default, places keys as Java clients do)",
-            ));
-        }
+    if let Some(value) = config.get("partitioner")
+        && !KEYED_PARTITIONERS.contains(&value)
+    {
+        return Err(unsafe_setting(
+            "partitioner",
+            value,
+            "the relay's per-key order needs every message of a key on one partition (murmur2_random, the default, places keys as Java clients do)",
+        ));
     }
     config.set("enable.idempotence", "true").set("acks", "all");
     for (key, value) in DEFAULTS {

@@ -141,6 +141,42 @@ impl PgDeadLetters {
             .rows_affected())
     }
 
+    /// Moves the matching dead letters back through `outbox` (in WAL mode, as logical messages), in
+    /// their original order, in one transaction: they are enqueued again exactly when they leave
+    /// the dead letters. Returns how many were moved.
+    ///
+    /// # Errors
+    /// [`Error::InvalidMessage`] for a dead letter that cannot be enqueued (an unreadable logical
+    /// message kept raw, say: purge it instead), [`Error::Database`] when the move fails; either
+    /// way nothing was moved.
+    pub async fn replay_through(
+        &self,
+        filter: &DeadLetterFilter,
+        outbox: &crate::PgOutbox,
+    ) -> Result<u64, Error> {
+        let mut tx = self.pool.begin().await?;
+        let rows = bind(sqlx::query(&self.queries.dead_letters_take), filter)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match crate::rows::decode(row) {
+                Ok(stored) => messages.push((stored.seq, stored.message)),
+                Err(corrupt) => {
+                    return Err(Error::Unsupported(format!(
+                        "dead letter {} cannot be enqueued again: {}; purge it instead",
+                        corrupt.seq, corrupt.reason
+                    )));
+                }
+            }
+        }
+        messages.sort_by_key(|(seq, _)| *seq);
+        let messages: Vec<outbox_core::Message> = messages.into_iter().map(|(_, m)| m).collect();
+        outbox.enqueue_all(&mut tx, &messages).await?;
+        tx.commit().await?;
+        Ok(messages.len() as u64)
+    }
+
     /// Deletes the matching dead letters for good. Returns how many were deleted.
     ///
     /// # Errors

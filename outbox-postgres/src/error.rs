@@ -102,6 +102,20 @@ pub enum Error {
         limit: u64,
     },
 
+    /// The replication connection of WAL capture failed or ended.
+    #[error("the replication stream of slot `{slot}` failed")]
+    Replication {
+        /// The slot being read.
+        slot: String,
+        /// The replication client's error.
+        #[source]
+        source: pgwire_replication::PgWireError,
+    },
+
+    /// A message does not fit the WAL envelope (a field longer than its length prefix).
+    #[error(transparent)]
+    Envelope(#[from] crate::wal::TooLong),
+
     /// A message could not be encoded for storage.
     #[error("message {id} could not be encoded")]
     Encode {

@@ -3,6 +3,8 @@
 //! * [`PgOutbox`] writes messages through the caller's own transaction.
 //! * [`PgRelayStore`] is the relay's side: lanes owned through advisory locks, claims in publish
 //!   order behind a safe horizon, settlement of acknowledged and failed messages.
+//! * [`PgWalStore`] is the relay's side in WAL mode ([`PgOutbox::wal`]): messages read from a
+//!   logical replication slot instead of a table (see [`wal`]).
 //! * [`PgInbox`] records what consumers applied, in their own transaction.
 //! * [`PgDeadLetters`] lists, replays and purges messages that could not be published.
 //! * [`PgStatus`] reports the backlog, the dead letters and the running relays.
@@ -28,6 +30,7 @@ mod relay_store;
 mod rows;
 mod status;
 mod tables;
+pub mod wal;
 
 pub use dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterRow, PgDeadLetters};
 pub use error::Error;
@@ -37,3 +40,4 @@ pub use outbox::{DEFAULT_MAX_MESSAGE_BYTES, PgOutbox};
 pub use relay_store::{LanesOwned, PgRelayStore, PgRelayStoreConfig};
 pub use status::{OpenWriter, OutboxStatus, PgStatus, RelaySession, TopicBacklog};
 pub use tables::Tables;
+pub use wal::{PgWalStore, PgWalStoreConfig, SlotName};

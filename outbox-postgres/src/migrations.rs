@@ -41,6 +41,11 @@ const TEMPLATES: &[(i64, &str, &str)] = &[
         "numbering under the writer lock, the slot function, inbox purge per consumer",
         include_str!("../migrations/0003_writer_lock_in_sql.sql"),
     ),
+    (
+        4,
+        "the replication slots of WAL capture",
+        include_str!("../migrations/0004_wal_capture.sql"),
+    ),
 ];
 
 /// The migrations, rendered for `tables`, oldest first.
@@ -70,6 +75,7 @@ fn render(template: &str, tables: &Tables) -> String {
         .replace("{outbox_name}", tables.outbox_name())
         .replace("{dead_letters}", &tables.dead_letters_table())
         .replace("{dead_letters_name}", tables.dead_letters_name())
+        .replace("{wal_slots}", &tables.wal_slots_table())
         .replace("{inbox}", &tables.inbox_table())
         .replace("{inbox_name}", tables.inbox_name())
 }

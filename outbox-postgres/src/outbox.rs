@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::queries::Queries;
 use crate::rows::Columns;
 use crate::tables::Tables;
+use crate::wal::{DEFAULT_WAL_PREFIX, check_prefix, envelope};
 
 /// Writes messages to the outbox through the caller's connection or transaction, so that they commit
 /// or roll back with the caller's business rows.
@@ -34,11 +35,17 @@ use crate::tables::Tables;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// In WAL mode ([`PgOutbox::wal`]) a message is not a row: it is a transactional logical decoding
+/// message (`pg_logical_emit_message`) in the caller's transaction, which the relay reads from a
+/// replication slot at commit, in commit order (`outbox-relay run --capture wal`).
 #[derive(Debug, Clone)]
 pub struct PgOutbox {
     queries: Arc<Queries>,
     notify: bool,
     max_message_bytes: u64,
+    /// The logical-message prefix in WAL mode; `None` in table mode.
+    wal_prefix: Option<Arc<str>>,
 }
 
 /// The default of [`PgOutbox::max_message_bytes`]: 1 MiB, Kafka's default record limit.
@@ -62,7 +69,32 @@ impl PgOutbox {
             queries: Arc::new(Queries::new(tables)),
             notify: true,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            wal_prefix: None,
         }
+    }
+
+    /// An outbox in WAL mode, with the default prefix ([`DEFAULT_WAL_PREFIX`]): each message is
+    /// a transactional logical decoding message in the caller's transaction, never a row. Nothing
+    /// is written to a table, so there is nothing to claim, delete or vacuum; a relay reading a
+    /// replication slot of this database publishes the messages in commit order. The slot must
+    /// exist before the first message is written (`outbox-relay wal create-slot`): the WAL written
+    /// before it is not decoded.
+    pub fn wal() -> Self {
+        Self {
+            wal_prefix: Some(Arc::from(DEFAULT_WAL_PREFIX)),
+            ..Self::new()
+        }
+    }
+
+    /// WAL mode with the logical-message prefix `prefix`; relays publish only their own prefix
+    /// (`--wal-prefix`), so several outboxes can share a database.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty prefix, or one with spaces or non-ASCII characters.
+    pub fn wal_prefix(mut self, prefix: &str) -> Result<Self, Error> {
+        check_prefix(prefix)?;
+        self.wal_prefix = Some(Arc::from(prefix));
+        Ok(self)
     }
 
     /// The largest message [`enqueue`](Self::enqueue) accepts, as [`Message::size`] counts it
@@ -111,6 +143,9 @@ impl PgOutbox {
         for message in messages {
             self.check(message)?;
         }
+        if let Some(prefix) = &self.wal_prefix {
+            return emit(conn, prefix, messages).await;
+        }
         let c = Columns::of(messages);
         let sql = if self.notify {
             &self.queries.enqueue
@@ -148,4 +183,42 @@ impl PgOutbox {
         }
         Ok(())
     }
+}
+
+/// Writes `messages` as transactional logical messages, in order, in one round trip. Each
+/// message without a `traceparent` header gets the current span's trace context, as a row does.
+async fn emit(conn: &mut PgConnection, prefix: &str, messages: &[Message]) -> Result<(), Error> {
+    let trace = outbox_core::trace::current_context_headers();
+    let mut contents = Vec::with_capacity(messages.len());
+    for message in messages {
+        let content = if trace.is_empty()
+            || message
+                .headers
+                .contains_key(outbox_core::trace::TRACEPARENT)
+        {
+            envelope::encode(message)?
+        } else {
+            let mut traced = message.clone();
+            traced.headers.extend(trace.clone());
+            envelope::encode(&traced)?
+        };
+        contents.push(content);
+    }
+    if let [content] = contents.as_slice() {
+        sqlx::query("SELECT pg_logical_emit_message(true, $1, $2)")
+            .bind(prefix)
+            .bind(content)
+            .execute(conn)
+            .await?;
+    } else {
+        // Rows of a function scan come in array order, and the aggregate takes them as they come.
+        sqlx::query(
+            "SELECT count(pg_logical_emit_message(true, $1, m)) FROM unnest($2::bytea[]) AS m",
+        )
+        .bind(prefix)
+        .bind(contents)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
 }

@@ -61,6 +61,7 @@ pub(crate) struct Queries {
     pub inbox_purge: String,
     pub dead_letters_list: String,
     pub dead_letters_replay: String,
+    pub dead_letters_take: String,
     pub dead_letters_purge: String,
     pub dead_letters_show: String,
     pub status_backlog: String,
@@ -240,6 +241,15 @@ impl Queries {
                  WHERE pg_advisory_xact_lock_shared({ns}, {WRITER_KEY}) IS NOT NULL
                    AND pg_notify('{channel}', '') IS NOT NULL
                  ORDER BY m.seq"
+            ),
+            // Taken out to be enqueued again by the caller, in the same transaction.
+            dead_letters_take: format!(
+                "WITH chosen AS (
+                     SELECT seq FROM {dead_letters} WHERE {DEAD_LETTER_FILTER} ORDER BY seq LIMIT $7 FOR UPDATE
+                 )
+                 DELETE FROM {dead_letters} AS d USING chosen WHERE d.seq = chosen.seq
+                 RETURNING d.seq, d.id, d.topic, d.key, d.event_type, d.source, d.content_type, d.payload,
+                           d.headers, d.created_at, 0 AS attempts"
             ),
             dead_letters_purge: format!(
                 "DELETE FROM {dead_letters} WHERE seq IN (

@@ -86,8 +86,16 @@ impl Columns {
     /// The columns of `messages`; each one without a `traceparent` gets the trace context of the
     /// current span, if it has one (see [`outbox_core::trace`]).
     pub(crate) fn of(messages: &[Message]) -> Self {
+        Self::with_trace(messages, &outbox_core::trace::current_context_headers())
+    }
+
+    /// The columns of `messages` as they are (for messages that already went through a writer).
+    pub(crate) fn untraced(messages: &[Message]) -> Self {
+        Self::with_trace(messages, &BTreeMap::new())
+    }
+
+    fn with_trace(messages: &[Message], trace: &BTreeMap<String, String>) -> Self {
         let mut columns = Columns::default();
-        let trace = outbox_core::trace::current_context_headers();
         for message in messages {
             let traced = !message
                 .headers

@@ -31,7 +31,7 @@ impl Default for Tables {
 /// PostgreSQL's longest identifier (NAMEDATALEN - 1).
 const MAX_IDENTIFIER_BYTES: usize = 63;
 
-fn identifier(what: &'static str, name: impl Into<String>) -> Result<String, Error> {
+pub(crate) fn identifier(what: &'static str, name: impl Into<String>) -> Result<String, Error> {
     let name = name.into();
     let mut chars = name.chars();
     let first_ok = chars
@@ -95,7 +95,7 @@ impl Tables {
     /// channel), each checked against its 63-byte limit: longer ones would be truncated (the
     /// sequence of a 63-character outbox onto the table's own name) or refused (the channel,
     /// failing every enqueue).
-    fn derived(&self) -> [(&'static str, String); 11] {
+    fn derived(&self) -> [(&'static str, String); 12] {
         let outbox = &self.outbox;
         [
             ("sequence", format!("{outbox}_seq")),
@@ -112,6 +112,7 @@ impl Tables {
             ("inbox purge index", format!("{}_purge_idx", self.inbox)),
             ("old inbox index", format!("{}_received_at_idx", self.inbox)),
             ("wake-up channel", self.channel()),
+            ("WAL slot table", format!("{outbox}_wal_slots")),
         ]
     }
 
@@ -148,6 +149,11 @@ impl Tables {
     /// `"schema"."inbox"`.
     pub fn inbox_table(&self) -> String {
         self.qualified(&self.inbox)
+    }
+
+    /// `"schema"."outbox_wal_slots"`: the replication slots WAL capture reads.
+    pub fn wal_slots_table(&self) -> String {
+        self.qualified(&format!("{}_wal_slots", self.outbox))
     }
 
     /// `"schema"."outbox_migrations"`.

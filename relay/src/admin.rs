@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use outbox_postgres::{
-    DeadLetter, DeadLetterFilter, DeadLetterRow, OutboxStatus, PgDeadLetters, PgStatus,
+    DeadLetter, DeadLetterFilter, DeadLetterRow, OutboxStatus, PgDeadLetters, PgOutbox, PgStatus,
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -448,9 +448,13 @@ async fn change(args: DeadLetterChangeArgs, change: Change) -> anyhow::Result<()
         }
         Ok(())
     } else {
-        let done = match change {
-            Change::Replay => dead_letters.replay(&filter).await,
-            Change::Purge => dead_letters.purge(&filter).await,
+        let done = match (change, &args.wal_prefix) {
+            (Change::Replay, None) => dead_letters.replay(&filter).await,
+            (Change::Replay, Some(prefix)) => match PgOutbox::wal().wal_prefix(prefix) {
+                Ok(outbox) => dead_letters.replay_through(&filter, &outbox).await,
+                Err(error) => Err(error),
+            },
+            (Change::Purge, _) => dead_letters.purge(&filter).await,
         }
         .with_context(|| format!("{verb} of dead letters failed; nothing changed"));
         done.map(|count| {
@@ -461,6 +465,9 @@ async fn change(args: DeadLetterChangeArgs, change: Change) -> anyhow::Result<()
                 );
             } else {
                 match change {
+                    Change::Replay if args.wal_prefix.is_some() => {
+                        println!("replayed {count} dead letter(s) into the WAL")
+                    }
                     Change::Replay => {
                         println!("replayed {count} dead letter(s) into the outbox")
                     }

@@ -28,9 +28,49 @@ pub enum Command {
     /// List, show, replay or purge dead letters.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Create, drop or inspect the replication slot of WAL capture (`run --capture wal`).
+    #[command(subcommand)]
+    Wal(WalCommand),
     /// Check a configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+/// The subcommands of `wal`.
+#[derive(Debug, Subcommand)]
+pub enum WalCommand {
+    /// Create the slot (logical, pgoutput) and its publication, and register them with this
+    /// outbox; idempotent. Run it before writers enqueue in WAL mode: WAL written before the slot
+    /// exists is not captured.
+    CreateSlot(WalSlotArgs),
+    /// Drop the slot, its publication and its registration; refused while a relay reads it.
+    DropSlot(WalSlotArgs),
+    /// Show the slot: who reads it, the confirmed position, and the lag in bytes and seconds.
+    Status(WalStatusArgs),
+}
+
+/// Which slot a `wal` subcommand acts on.
+#[derive(Debug, Args)]
+pub struct WalSlotArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// The replication slot (its publication has the same name).
+    #[arg(long, env = "OUTBOX_WAL_SLOT", default_value = "outbox")]
+    pub slot: String,
+}
+
+/// Flags of `wal status`.
+#[derive(Debug, Args)]
+pub struct WalStatusArgs {
+    /// The slot.
+    #[command(flatten)]
+    pub slot: WalSlotArgs,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `status`.
@@ -154,6 +194,11 @@ pub struct DeadLetterChangeArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// `replay` only: enqueue them again as logical messages with this prefix, for a relay that
+    /// runs with `--capture wal`, instead of into the outbox table.
+    #[arg(long, value_name = "PREFIX")]
+    pub wal_prefix: Option<String>,
+
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -272,6 +317,18 @@ pub struct RunArgs {
     /// Longest backoff between attempts [env: OUTBOX_MAX_BACKOFF] [file: retry.max_backoff] [default: 60s]
     #[arg(long, value_name = "DURATION")]
     pub max_backoff: Option<String>,
+
+    /// Where messages are read: `table` (the outbox table) or `wal` (logical decoding messages written by `PgOutbox::wal`, from a replication slot) [env: OUTBOX_CAPTURE] [file: relay.capture] [default: table]
+    #[arg(long, value_name = "MODE")]
+    pub capture: Option<String>,
+
+    /// With --capture wal: the replication slot to read, created beforehand with `outbox-relay wal create-slot` [env: OUTBOX_WAL_SLOT] [file: wal.slot] [default: outbox]
+    #[arg(long, value_name = "NAME")]
+    pub wal_slot: Option<String>,
+
+    /// With --capture wal: the prefix of the logical messages to publish; others are skipped [env: OUTBOX_WAL_PREFIX] [file: wal.prefix] [default: outbox]
+    #[arg(long, value_name = "PREFIX")]
+    pub wal_prefix: Option<String>,
 
     /// Where to serve /metrics, /healthz and /readyz, e.g. 0.0.0.0:9464, or `off` [env: OUTBOX_METRICS_ADDRESS] [file: metrics.address] [default: off]
     #[arg(long, value_name = "ADDRESS")]

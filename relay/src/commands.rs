@@ -3,12 +3,13 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use outbox_core::{CancellationToken, Relay};
+use outbox_core::{CancellationToken, Relay, RelayConfig, RelayStats, RelayStore};
 use outbox_kafka::KafkaPublisher;
-use outbox_postgres::{PgRelayStore, PgStatus};
+use outbox_postgres::{PgRelayStore, PgStatus, PgWalStore};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::cli::{MigrateArgs, RunArgs};
+use crate::settings::Capture;
 use crate::{connect, observe, settings};
 
 /// `outbox-relay migrate`.
@@ -65,25 +66,47 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "relay starting"
     );
 
-    let store = PgRelayStore::new(pool.clone(), settings.store);
-    store
-        .check()
-        .await
-        .context("the database cannot give the relay its guarantees")?;
     // The listener outlives the relay's shutdown, so that the drain stays observable.
     let listener_stop = CancellationToken::new();
-    if let Some(address) = settings.metrics_address {
-        let probes = observe::Probes {
-            pool: pool.clone(),
-            broker: observe::broker_probe(&settings.kafka)?,
-            lanes: store.lanes_owned(),
-        };
-        let status = PgStatus::new(pool.clone(), &settings.tables);
-        observe::start(address, probes, status, listener_stop.clone()).await?;
-    }
-    let relay = Relay::new(store, publisher, settings.relay).context("invalid relay settings")?;
-    let stats = relay.run(shutdown).await;
-    drop(relay);
+    let observe = |ownership: observe::Ownership| async {
+        if let Some(address) = settings.metrics_address {
+            let probes = observe::Probes {
+                pool: pool.clone(),
+                broker: observe::broker_probe(&settings.kafka)?,
+                ownership,
+            };
+            let status = PgStatus::new(pool.clone(), &settings.tables);
+            observe::start(address, probes, status, listener_stop.clone()).await?;
+        }
+        anyhow::Ok(())
+    };
+    let stats = match settings.capture.clone() {
+        Capture::Table => {
+            let store = PgRelayStore::new(pool.clone(), settings.store.clone());
+            store
+                .check()
+                .await
+                .context("the database cannot give the relay its guarantees")?;
+            observe(observe::Ownership::Lanes(store.lanes_owned())).await?;
+            relay(store, publisher, settings.relay.clone(), shutdown).await?
+        }
+        Capture::Wal(config) => {
+            let slot = config.get_slot().clone();
+            let store = PgWalStore::new(&pool, &settings.database.database_url, *config)
+                .context("invalid WAL capture settings")?;
+            store.check().await.with_context(|| {
+                format!("the database cannot give WAL capture from slot `{slot}` its guarantees")
+            })?;
+            tracing::info!(%slot, "capturing from the WAL");
+            observe(observe::Ownership::Slot {
+                reading: store.reading(),
+                slot,
+                tables: settings.tables.clone(),
+            })
+            .await?;
+            relay(store, publisher, settings.relay.clone(), shutdown).await?
+        }
+    };
     listener_stop.cancel();
     tracing::info!(
         published = stats.published,
@@ -93,6 +116,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     pool.close().await;
     Ok(())
+}
+
+/// Runs the engine over `store` until `shutdown`.
+async fn relay<S: RelayStore>(
+    store: S,
+    publisher: KafkaPublisher,
+    config: RelayConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RelayStats> {
+    let relay = Relay::new(store, publisher, config).context("invalid relay settings")?;
+    Ok(relay.run(shutdown).await)
 }
 
 /// `outbox-relay config check`: resolves the settings as `run` would, without connecting, and

@@ -11,6 +11,7 @@ mod config_file;
 mod connect;
 mod observe;
 pub mod settings;
+mod wal;
 
 /// Runs the relay with the process's arguments and environment; returns the exit code.
 pub fn main() -> ExitCode {
@@ -39,6 +40,11 @@ pub fn main() -> ExitCode {
                 cli::DeadLettersCommand::Show(args) => admin::dead_letters_show(args).await,
                 cli::DeadLettersCommand::Replay(args) => admin::dead_letters_replay(args).await,
                 cli::DeadLettersCommand::Purge(args) => admin::dead_letters_purge(args).await,
+            },
+            cli::Command::Wal(command) => match command {
+                cli::WalCommand::CreateSlot(args) => wal::create_slot(args).await,
+                cli::WalCommand::DropSlot(args) => wal::drop_slot(args).await,
+                cli::WalCommand::Status(args) => wal::status(args).await,
             },
             cli::Command::Config(cli::ConfigCommand::Check(args)) => commands::config_check(args),
         }

@@ -20,7 +20,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use outbox_core::CancellationToken;
 use outbox_core::metrics as names;
 use outbox_kafka::ClientConfig;
-use outbox_postgres::{LanesOwned, PgStatus};
+use outbox_postgres::wal::Reading;
+use outbox_postgres::{LanesOwned, PgStatus, SlotName, Tables};
 use rdkafka::producer::{BaseProducer, Producer};
 use sqlx::PgPool;
 
@@ -44,8 +45,23 @@ pub struct Probes {
     pub pool: PgPool,
     /// A client used only to ask the brokers for metadata.
     pub broker: Arc<BaseProducer>,
-    /// Lanes the relay owns.
-    pub lanes: LanesOwned,
+    /// What the relay must hold to do its work.
+    pub ownership: Ownership,
+}
+
+/// What a relay holds while it works: lanes of the outbox table, or the replication slot.
+pub enum Ownership {
+    /// Table mode: lanes owned.
+    Lanes(LanesOwned),
+    /// WAL capture: whether this relay reads the slot.
+    Slot {
+        /// Set while the relay reads.
+        reading: Reading,
+        /// The slot.
+        slot: SlotName,
+        /// The outbox (its slot registry).
+        tables: Tables,
+    },
 }
 
 /// Installs the Prometheus recorder, binds `address` and serves the endpoints until `shutdown`.
@@ -152,19 +168,19 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
         }
     };
     let (database, broker) = tokio::join!(database, broker);
-    let owned = probes.lanes.get();
-    let lanes = if owned > 0 {
-        Ok(())
-    } else {
-        Err("owns no lane (starting, or more relays than lanes)".to_owned())
-    };
+    let (held, holding) = holding(probes).await;
     let mut ready = true;
     let mut body = String::new();
-    for (check, outcome) in [("database", database), ("broker", broker), ("lanes", lanes)] {
+    let checks = [
+        ("database", database.map(|()| None)),
+        ("broker", broker.map(|()| None)),
+        (held, holding),
+    ];
+    for (check, outcome) in checks {
         gauge!(names::READY, "check" => check).set(if outcome.is_ok() { 1.0 } else { 0.0 });
         match outcome {
-            Ok(()) if check == "lanes" => body.push_str(&format!("lanes: ok ({owned} owned)\n")),
-            Ok(()) => body.push_str(&format!("{check}: ok\n")),
+            Ok(Some(detail)) => body.push_str(&format!("{check}: ok ({detail})\n")),
+            Ok(None) => body.push_str(&format!("{check}: ok\n")),
             Err(why) => {
                 ready = false;
                 body.push_str(&format!("{check}: {why}\n"));
@@ -177,6 +193,49 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, body)
+}
+
+/// The readiness check of what the relay holds: its name and its outcome, with a detail.
+async fn holding(probes: &Probes) -> (&'static str, Result<Option<String>, String>) {
+    match &probes.ownership {
+        Ownership::Lanes(lanes) => {
+            let owned = lanes.get();
+            let outcome = if owned > 0 {
+                Ok(Some(format!("{owned} owned")))
+            } else {
+                Err("owns no lane (starting, or more relays than lanes)".to_owned())
+            };
+            ("lanes", outcome)
+        }
+        Ownership::Slot {
+            reading,
+            slot,
+            tables,
+        } => {
+            if reading.get() {
+                return ("slot", Ok(Some(format!("reading `{slot}`"))));
+            }
+            let status = async {
+                let mut conn = probes.pool.acquire().await.map_err(|e| e.to_string())?;
+                outbox_postgres::wal::slot_status(&mut conn, tables, slot)
+                    .await
+                    .map_err(|e| outbox_core::relay::error_chain(&e))
+            };
+            let why = match tokio::time::timeout(CHECK_TIMEOUT, status).await {
+                Ok(Ok(status)) if !status.exists => format!(
+                    "the replication slot `{slot}` is missing: create it with `outbox-relay wal create-slot`"
+                ),
+                Ok(Ok(status)) if status.active => format!(
+                    "does not read the slot: walsender pid {} reads `{slot}` (another relay, standing by until it stops)",
+                    status.active_pid.unwrap_or_default()
+                ),
+                Ok(Ok(_)) => format!("does not read `{slot}` yet (starting)"),
+                Ok(Err(why)) => why,
+                Err(_) => format!("no answer within {CHECK_TIMEOUT:?}"),
+            };
+            ("slot", Err(why))
+        }
+    }
 }
 
 impl Backlog {

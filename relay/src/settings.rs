@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use outbox_core::{RelayConfig, RetryPolicy};
 use outbox_kafka::{ClientConfig, TopicRoute};
-use outbox_postgres::{PgRelayStoreConfig, Tables};
+use outbox_postgres::{PgRelayStoreConfig, PgWalStoreConfig, SlotName, Tables};
 
 use crate::cli::{DatabaseArgs, RunArgs};
 use crate::config_file::{ConfigFile, FileError, PROPERTIES_TABLE};
@@ -62,6 +62,9 @@ specs! {
     MAX_ATTEMPTS: "retry.max_attempts", "--max-attempts", "OUTBOX_MAX_ATTEMPTS", Some("10");
     INITIAL_BACKOFF: "retry.initial_backoff", "--initial-backoff", "OUTBOX_INITIAL_BACKOFF", Some("200ms");
     MAX_BACKOFF: "retry.max_backoff", "--max-backoff", "OUTBOX_MAX_BACKOFF", Some("60s");
+    CAPTURE: "relay.capture", "--capture", "OUTBOX_CAPTURE", Some("table");
+    WAL_SLOT: "wal.slot", "--wal-slot", "OUTBOX_WAL_SLOT", Some("outbox");
+    WAL_PREFIX: "wal.prefix", "--wal-prefix", "OUTBOX_WAL_PREFIX", Some("outbox");
     METRICS_ADDRESS: "metrics.address", "--metrics-address", "OUTBOX_METRICS_ADDRESS", Some("off");
 }
 
@@ -155,10 +158,21 @@ pub struct Settings {
     pub relay: RelayConfig,
     /// The PostgreSQL store's settings.
     pub store: PgRelayStoreConfig,
+    /// Where messages are read: the outbox table, or the WAL through a replication slot.
+    pub capture: Capture,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`, if anywhere.
     pub metrics_address: Option<SocketAddr>,
     /// What was used and where it came from.
     pub effective: Vec<Effective>,
+}
+
+/// Where the relay reads messages.
+#[derive(Debug, Clone)]
+pub enum Capture {
+    /// The outbox table (the relay store's settings apply).
+    Table,
+    /// Logical decoding messages, from this replication slot.
+    Wal(Box<PgWalStoreConfig>),
 }
 
 /// Resolves the settings of `run` from `args`, the environment as `env` reports it, and the config
@@ -292,6 +306,20 @@ impl Resolver<'_> {
         let max_backoff = self.get(&MAX_BACKOFF, args.max_backoff.as_deref(), |text| {
             duration_in(text, Duration::from_millis(1), Duration::from_secs(86_400))
         })?;
+        let capture = self.get(&CAPTURE, args.capture.as_deref(), |text| match text {
+            "table" => Ok(false),
+            "wal" => Ok(true),
+            _ => Err("must be `table` (read the outbox table) or `wal` (read logical decoding messages from a replication slot)".into()),
+        })?;
+        let wal_slot = self.get(&WAL_SLOT, args.wal_slot.as_deref(), |text| {
+            SlotName::new(text).map_err(|e| e.to_string())
+        })?;
+        let wal_prefix = self.get(&WAL_PREFIX, args.wal_prefix.as_deref(), |text| {
+            PgWalStoreConfig::default()
+                .prefix(text)
+                .map(|_| text.to_owned())
+                .map_err(|e| e.to_string())
+        })?;
         let metrics_address = self.get(&METRICS_ADDRESS, args.metrics_address.as_deref(), |text| {
             if text == "off" {
                 return Ok(None);
@@ -325,6 +353,23 @@ impl Resolver<'_> {
             .and_then(|store| store.retention(retention))
             .map_err(|e| SettingError::Conflict(e.to_string()))?;
 
+        let capture = if capture {
+            Capture::Wal(Box::new(
+                PgWalStoreConfig::default()
+                    .tables(tables.clone())
+                    .slot(wal_slot)
+                    .prefix(wal_prefix)
+                    .and_then(|wal| wal.lanes(lanes))
+                    .and_then(|wal| wal.lease(lease))
+                    .and_then(|wal| {
+                        wal.buffer_messages(max_in_flight.saturating_mul(2).min(1_000_000))
+                    })
+                    .map_err(|e| SettingError::Conflict(e.to_string()))?,
+            ))
+        } else {
+            Capture::Table
+        };
+
         let mut kafka = ClientConfig::new();
         kafka.set("bootstrap.servers", &brokers);
         self.producer_properties(args, &mut kafka)?;
@@ -343,6 +388,7 @@ impl Resolver<'_> {
             brokers,
             topic_route,
             relay,
+            capture,
             store,
             metrics_address,
             effective: self.effective,

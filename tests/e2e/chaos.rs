@@ -84,11 +84,11 @@ async fn three_relays_killed_at_random_while_writing_lose_nothing_and_keep_per_k
     let mut parked: Option<(usize, Instant)> = None;
     while kills.len() < KILLS || !writer.is_finished() {
         tokio::time::sleep(Duration::from_millis(300 + rng.next(700))).await;
-        if let Some((slot, since)) = parked {
-            if since.elapsed() > Duration::from_secs(5) {
-                relays[slot] = Some(RelayProcess::spawn(relay_program(), &db, &FLAGS)?);
-                parked = None;
-            }
+        if let Some((slot, since)) = parked
+            && since.elapsed() > Duration::from_secs(5)
+        {
+            relays[slot] = Some(RelayProcess::spawn(relay_program(), &db, &FLAGS)?);
+            parked = None;
         }
         let slot = rng.next(RELAYS as u64) as usize;
         let Some(relay) = relays[slot].take() else {

@@ -30,7 +30,17 @@ pub async fn enqueue(
     numbers: std::ops::Range<usize>,
     keys: usize,
 ) -> anyhow::Result<Vec<Enqueued>> {
-    let outbox = PgOutbox::new();
+    enqueue_through(&PgOutbox::new(), pool, topic, numbers, keys).await
+}
+
+/// [`enqueue`] through `outbox` (in table or WAL mode).
+pub async fn enqueue_through(
+    outbox: &PgOutbox,
+    pool: &PgPool,
+    topic: &str,
+    numbers: std::ops::Range<usize>,
+    keys: usize,
+) -> anyhow::Result<Vec<Enqueued>> {
     let mut enqueued = Vec::with_capacity(numbers.len());
     let all: Vec<usize> = numbers.collect();
     for chunk in all.chunks(500) {

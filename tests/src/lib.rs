@@ -29,6 +29,7 @@ pub mod consumers;
 pub mod keyed;
 pub mod private;
 pub mod services;
+pub mod wal;
 
 /// Installs a log subscriber once (controlled by `RUST_LOG`, quiet by default).
 pub fn init_logs() {
@@ -153,6 +154,7 @@ impl Drop for TestDb {
             runtime.block_on(async move {
                 pool.close().await;
                 if let Ok(mut conn) = admin.connect().await {
+                    drop_replication_slots(&mut conn, &name).await;
                     let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .execute(&mut conn)
                         .await;
@@ -160,6 +162,37 @@ impl Drop for TestDb {
             });
         })
         .join();
+    }
+}
+
+/// Drops the replication slots of database `name` (a database with one cannot be dropped), ending
+/// their readers first.
+async fn drop_replication_slots(conn: &mut PgConnection, name: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = sqlx::query(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+             WHERE database = $1 AND active_pid IS NOT NULL",
+        )
+        .bind(name)
+        .execute(&mut *conn)
+        .await;
+        let _ = sqlx::query(
+            "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots
+             WHERE database = $1 AND NOT active",
+        )
+        .bind(name)
+        .execute(&mut *conn)
+        .await;
+        let left: Result<i64, _> =
+            sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots WHERE database = $1")
+                .bind(name)
+                .fetch_one(&mut *conn)
+                .await;
+        if matches!(left, Ok(0)) || tokio::time::Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -106,12 +106,12 @@ impl PgRelayStoreConfig {
     /// [`Error::Config`] for a retention of zero (use `None` to delete on publish) or of more than
     /// 100 years.
     pub fn retention(mut self, retention: Option<Duration>) -> Result<Self, Error> {
-        if let Some(kept) = retention {
-            if kept.is_zero() || kept > MAX_RETENTION {
-                return Err(Error::Config(format!(
-                    "retention must be more than 0 and at most 100 years (or none, to delete published messages), got {kept:?}"
-                )));
-            }
+        if let Some(kept) = retention
+            && (kept.is_zero() || kept > MAX_RETENTION)
+        {
+            return Err(Error::Config(format!(
+                "retention must be more than 0 and at most 100 years (or none, to delete published messages), got {kept:?}"
+            )));
         }
         self.retention = retention;
         Ok(self)

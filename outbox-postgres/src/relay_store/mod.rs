@@ -28,6 +28,8 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
 
 pub use config::PgRelayStoreConfig;
+pub(crate) use preflight::refuse_poolers;
+pub(crate) use session::session_limits;
 
 use crate::error::Error;
 use crate::queries::Queries;

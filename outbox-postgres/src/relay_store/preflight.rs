@@ -27,7 +27,7 @@ pub(super) async fn run(
 /// another connection, opened with `connect` for the purpose (not from the pool, whose connections
 /// may all be taken), reaches `session`'s backend. The probes use the simple query protocol, which
 /// poolers pass through whatever their mode.
-async fn refuse_poolers(
+pub(crate) async fn refuse_poolers(
     session: &mut PgConnection,
     connect: &PgConnectOptions,
 ) -> Result<(), Error> {

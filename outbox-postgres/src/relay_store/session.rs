@@ -114,7 +114,7 @@ impl Session {
 /// The statements that bound what a stuck relay can hold: the server ends a session idle (or idle
 /// inside a transaction) for a lease, and gives up a statement after half a lease or a lock wait
 /// after a quarter, so that the fence expires before the lanes could be taken over.
-pub(super) fn session_limits(lease: Duration) -> String {
+pub(crate) fn session_limits(lease: Duration) -> String {
     let lease_ms = lease.as_millis();
     format!(
         "SET idle_session_timeout = {lease_ms}; SET idle_in_transaction_session_timeout = {lease_ms}; \

@@ -16,7 +16,7 @@ async fn exists(pool: &PgPool, relation: &str) -> bool {
 
 #[sqlx::test(migrations = false)]
 async fn migrating_twice_applies_once_then_nothing(pool: PgPool) {
-    assert_eq!(migrate(&pool).await, vec![1, 2, 3]);
+    assert_eq!(migrate(&pool).await, vec![1, 2, 3, 4]);
     assert_eq!(migrate(&pool).await, Vec::<i64>::new());
     for table in [
         "outbox",
@@ -26,7 +26,7 @@ async fn migrating_twice_applies_once_then_nothing(pool: PgPool) {
     ] {
         assert!(exists(&pool, table).await, "{table} exists");
     }
-    assert_eq!(count(&pool, "outbox_migrations").await, 3);
+    assert_eq!(count(&pool, "outbox_migrations").await, 4);
     let description: String =
         sqlx::query_scalar("SELECT description FROM outbox_migrations WHERE version = 1")
             .fetch_one(&pool)
@@ -46,8 +46,8 @@ async fn concurrent_migrations_apply_once(pool: PgPool) {
     );
     let mut applied = vec![a.expect("first migrate"), b.expect("second migrate")];
     applied.sort();
-    assert_eq!(applied, vec![Vec::new(), vec![1, 2, 3]]);
-    assert_eq!(count(&pool, "outbox_migrations").await, 3);
+    assert_eq!(applied, vec![Vec::new(), vec![1, 2, 3, 4]]);
+    assert_eq!(count(&pool, "outbox_migrations").await, 4);
 }
 
 #[sqlx::test(migrations = false)]
@@ -76,7 +76,7 @@ async fn custom_schema_and_table_names_work_end_to_end(pool: PgPool) {
             .any(|m| m.sql.contains("\"billing\".\"events\""))
     );
 
-    assert_eq!(migrate_tables(&pool, &tables).await, vec![1, 2, 3]);
+    assert_eq!(migrate_tables(&pool, &tables).await, vec![1, 2, 3, 4]);
     assert_eq!(migrate_tables(&pool, &tables).await, Vec::<i64>::new());
     for table in [
         "billing.events",
@@ -125,8 +125,8 @@ async fn two_outboxes_in_one_database_stay_apart(pool: PgPool) {
         .and_then(|t| t.inbox("audit_inbox"))
         .and_then(|t| t.migrations("audit_migrations"))
         .expect("valid names");
-    assert_eq!(migrate(&pool).await, vec![1, 2, 3]);
-    assert_eq!(migrate_tables(&pool, &other).await, vec![1, 2, 3]);
+    assert_eq!(migrate(&pool).await, vec![1, 2, 3, 4]);
+    assert_eq!(migrate_tables(&pool, &other).await, vec![1, 2, 3, 4]);
 
     let default_event = message("k", 1);
     let audit_event = message("k", 2);
@@ -172,7 +172,7 @@ async fn a_database_with_an_unknown_migration_is_refused(pool: PgPool) {
         matches!(err, Error::UnknownMigration { version: 999 }),
         "{err:?}"
     );
-    assert_eq!(count(&pool, "outbox_migrations").await, 4);
+    assert_eq!(count(&pool, "outbox_migrations").await, 5);
 }
 
 #[sqlx::test(migrations = false)]

@@ -1,0 +1,3 @@
+//! WAL capture: messages written as logical decoding messages, read from a replication slot.
+
+mod flow;
