@@ -76,6 +76,7 @@ fn render(template: &str, tables: &Tables) -> String {
         .replace("{dead_letters}", &tables.dead_letters_table())
         .replace("{dead_letters_name}", tables.dead_letters_name())
         .replace("{wal_slots}", &tables.wal_slots_table())
+        .replace("{wal_envelope}", &tables.wal_envelope_function())
         .replace("{inbox}", &tables.inbox_table())
         .replace("{inbox_name}", tables.inbox_name())
 }

@@ -95,7 +95,7 @@ impl Tables {
     /// channel), each checked against its 63-byte limit: longer ones would be truncated (the
     /// sequence of a 63-character outbox onto the table's own name) or refused (the channel,
     /// failing every enqueue).
-    fn derived(&self) -> [(&'static str, String); 12] {
+    fn derived(&self) -> [(&'static str, String); 13] {
         let outbox = &self.outbox;
         [
             ("sequence", format!("{outbox}_seq")),
@@ -113,6 +113,7 @@ impl Tables {
             ("old inbox index", format!("{}_received_at_idx", self.inbox)),
             ("wake-up channel", self.channel()),
             ("WAL slot table", format!("{outbox}_wal_slots")),
+            ("WAL envelope function", format!("{outbox}_wal_envelope")),
         ]
     }
 
@@ -154,6 +155,11 @@ impl Tables {
     /// `"schema"."outbox_wal_slots"`: the replication slots WAL capture reads.
     pub fn wal_slots_table(&self) -> String {
         self.qualified(&format!("{}_wal_slots", self.outbox))
+    }
+
+    /// The function that builds a message's WAL envelope, for writers without the library.
+    pub fn wal_envelope_function(&self) -> String {
+        self.qualified(&format!("{}_wal_envelope", self.outbox))
     }
 
     /// `"schema"."outbox_migrations"`.

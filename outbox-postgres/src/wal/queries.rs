@@ -11,7 +11,6 @@ const CAPTURE_KEY_BASE: i32 = 5 << 20;
 #[derive(Debug)]
 pub(crate) struct WalQueries {
     pub try_lock: String,
-    pub slot_reader: String,
     pub park_malformed: String,
     pub dead_letter: String,
     pub heartbeat: String,
@@ -30,11 +29,6 @@ impl WalQueries {
         let wal_slots = tables.wal_slots_table();
         Self {
             try_lock: format!("SELECT pg_try_advisory_lock({ns}, {key})"),
-            slot_reader: format!(
-                "SELECT s.active_pid, a.application_name::text AS application_name
-                 FROM pg_replication_slots AS s LEFT JOIN pg_stat_activity AS a ON a.pid = s.active_pid
-                 WHERE s.slot_name = '{slot}'"
-            ),
             park_malformed: format!(
                 "INSERT INTO {dead_letters} (seq, id, slot, topic, key, event_type, source, content_type,
                                              payload, headers, created_at, attempts, error)

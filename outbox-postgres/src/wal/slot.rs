@@ -134,9 +134,7 @@ pub async fn check_slot(
     .fetch_optional(&mut *conn)
     .await?;
     let Some(found) = found else {
-        return Err(Error::Unsupported(format!(
-            "there is no replication slot `{slot}`: create it with `outbox-relay wal create-slot --slot {slot}` before writers enqueue in WAL mode (messages written before the slot exists are not captured)"
-        )));
+        return Err(missing(slot));
     };
     let plugin: Option<String> = found.try_get("plugin")?;
     let here: Option<bool> = found.try_get("here")?;
@@ -158,6 +156,53 @@ pub async fn check_slot(
         )));
     }
     Ok(())
+}
+
+/// The walsender reading `slot` now, if any, with its `application_name`.
+pub(crate) async fn reader(
+    conn: &mut PgConnection,
+    slot: &SlotName,
+) -> Result<Option<(i32, Option<String>)>, Error> {
+    let row = sqlx::query(
+        "SELECT s.active_pid, a.application_name::text AS application_name
+         FROM pg_replication_slots AS s LEFT JOIN pg_stat_activity AS a ON a.pid = s.active_pid
+         WHERE s.slot_name = $1",
+    )
+    .bind(slot.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Err(missing(slot));
+    };
+    let pid: Option<i32> = row.try_get("active_pid")?;
+    Ok(match pid {
+        Some(pid) => Some((pid, row.try_get("application_name")?)),
+        None => None,
+    })
+}
+
+/// Refuses a slot that another program reads now: its reader is never ended.
+pub(crate) fn refuse_foreign_reader(
+    slot: &SlotName,
+    reader: &Option<(i32, Option<String>)>,
+) -> Result<(), Error> {
+    match reader {
+        Some((pid, application))
+            if application.as_deref() != Some(REPLICATION_APPLICATION_NAME) =>
+        {
+            Err(Error::Unsupported(format!(
+                "the replication slot `{slot}` is read by another program (pid {pid}, application `{}`); it is never taken over: stop that program or choose another slot",
+                application.as_deref().unwrap_or_default()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn missing(slot: &SlotName) -> Error {
+    Error::Unsupported(format!(
+        "there is no replication slot `{slot}`: create it with `outbox-relay wal create-slot --slot {slot}` before writers enqueue in WAL mode (messages written before the slot exists are not captured)"
+    ))
 }
 
 async fn registered(

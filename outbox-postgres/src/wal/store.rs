@@ -27,7 +27,7 @@ use super::config::PgWalStoreConfig;
 use super::envelope;
 use super::queries::WalQueries;
 use super::queue::Queue;
-use super::slot::{self, REPLICATION_APPLICATION_NAME};
+use super::slot;
 use super::stream::{Next, ReplicationTarget, Stream};
 use crate::error::Error;
 use crate::relay_store::{refuse_poolers, session_limits};
@@ -146,7 +146,9 @@ impl PgWalStore {
         let mut conn: PgConnection = Connection::connect_with(&self.connect).await?;
         let checked = async {
             refuse_poolers(&mut conn, &self.connect).await?;
-            slot::check_slot(&mut conn, &self.config.tables, &self.config.slot).await
+            slot::check_slot(&mut conn, &self.config.tables, &self.config.slot).await?;
+            let reader = slot::reader(&mut conn, &self.config.slot).await?;
+            slot::refuse_foreign_reader(&self.config.slot, &reader)
         }
         .await;
         if let Err(error) = conn.close().await {
@@ -225,26 +227,11 @@ impl PgWalStore {
         let conn = state.capture.as_mut().ok_or(Error::SessionLost)?;
         let deadline = Instant::now() + self.config.lease / 2;
         loop {
-            let row = sqlx::query(&self.queries.slot_reader)
-                .fetch_optional(&mut *conn)
-                .await?;
-            let Some(row) = row else {
-                return Err(Error::Unsupported(format!(
-                    "the replication slot `{}` no longer exists: create it with `outbox-relay wal create-slot`",
-                    self.config.slot
-                )));
-            };
-            let Some(pid) = row.try_get::<Option<i32>, _>("active_pid")? else {
+            let reader = slot::reader(conn, &self.config.slot).await?;
+            slot::refuse_foreign_reader(&self.config.slot, &reader)?;
+            let Some((pid, _)) = reader else {
                 return Ok(());
             };
-            let application: Option<String> = row.try_get("application_name")?;
-            if application.as_deref() != Some(REPLICATION_APPLICATION_NAME) {
-                return Err(Error::Unsupported(format!(
-                    "the replication slot `{}` is read by another program (pid {pid}, application `{}`); it is never taken over",
-                    self.config.slot,
-                    application.unwrap_or_default()
-                )));
-            }
             if Instant::now() > deadline {
                 return Err(Error::Unsupported(format!(
                     "the previous reader of slot `{}` (pid {pid}) did not end",

@@ -1,3 +1,6 @@
 //! WAL capture: messages written as logical decoding messages, read from a replication slot.
 
+mod admin;
+mod bad_input;
+mod failures;
 mod flow;
