@@ -7,18 +7,25 @@
 //! delivers it. The demo shows both halves: a rolled-back order publishes nothing, and a full replay
 //! of the topic (as after a consumer crash before its offsets were committed) is absorbed by the inbox.
 //!
+//! With `--wal` the events travel as logical decoding messages instead of outbox rows (WAL mode):
+//! the program creates a replication slot, writes with `PgOutbox::wal()`, relays with
+//! `PgWalStore`, and drops the slot at the end.
+//!
 //! Needs PostgreSQL at `DATABASE_URL` and a Kafka broker at `KAFKA_BROKERS`; `scripts/demo.sh`
-//! starts both and runs this program.
+//! starts both and runs this program (`scripts/demo.sh --wal` for WAL mode).
 
 use std::time::Duration;
 
 use anyhow::Context;
-use outbox_core::{CancellationToken, Message, Relay, RelayConfig};
+use outbox_core::{CancellationToken, Message, Relay, RelayConfig, RelayStats, RelayStore};
 use outbox_kafka::{
     ClientConfig, ConsumerStats, HandlerFuture, InboxConsumer, InboxRetention, KafkaPublisher,
     Received,
 };
-use outbox_postgres::{PgInbox, PgOutbox, PgRelayStore, PgRelayStoreConfig, Tables};
+use outbox_postgres::{
+    PgInbox, PgOutbox, PgRelayStore, PgRelayStoreConfig, PgWalStore, PgWalStoreConfig, SlotName,
+    Tables,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use serde::{Deserialize, Serialize};
@@ -62,19 +69,24 @@ async fn main() -> anyhow::Result<()> {
     println!("topic {topic}");
 
     // The relay, in-process here; in production it is the `outbox-relay run` process.
+    let wal = std::env::args().any(|arg| arg == "--wal");
+    let slot = SlotName::new("orders_demo")?;
     let stop_relay = CancellationToken::new();
-    let relay = Relay::new(
-        PgRelayStore::new(pool.clone(), PgRelayStoreConfig::default()),
-        KafkaPublisher::new(&kafka)?,
-        RelayConfig::default(),
-    )?;
-    let relay_task = tokio::spawn({
-        let stop = stop_relay.clone();
-        async move { relay.run(stop).await }
-    });
+    let publisher = KafkaPublisher::new(&kafka)?;
+    let (relay_task, outbox) = if wal {
+        // The slot exists before the first event is written: WAL from before it is not decoded.
+        let mut conn = pool.acquire().await?;
+        outbox_postgres::wal::create_slot(&mut conn, &Tables::default(), &slot).await?;
+        println!("WAL mode: events are logical decoding messages, read from slot {slot}");
+        let config = PgWalStoreConfig::default().slot(slot.clone());
+        let store = PgWalStore::new(&pool, &database_url, config)?;
+        (start_relay(store, publisher, &stop_relay)?, PgOutbox::wal())
+    } else {
+        let store = PgRelayStore::new(pool.clone(), PgRelayStoreConfig::default());
+        (start_relay(store, publisher, &stop_relay)?, PgOutbox::new())
+    };
 
     // The order service.
-    let outbox = PgOutbox::new();
     let mut placed = Vec::new();
     for (customer, total_cents) in [("ada", 1999), ("grace", 4500), ("linus", 120)] {
         placed.push(place_order(&pool, &outbox, &topic, customer, total_cents, true).await?);
@@ -105,6 +117,10 @@ async fn main() -> anyhow::Result<()> {
 
     stop_relay.cancel();
     let relay_stats = relay_task.await?;
+    if wal {
+        let mut conn = pool.acquire().await?;
+        outbox_postgres::wal::drop_slot(&mut conn, &Tables::default(), &slot).await?;
+    }
     let shipments: i64 =
         sqlx::query_scalar("SELECT count(*) FROM demo_shipments WHERE order_id = ANY($1)")
             .bind(&placed)
@@ -122,6 +138,17 @@ async fn main() -> anyhow::Result<()> {
         "every committed order is shipped exactly once"
     );
     Ok(())
+}
+
+/// Runs a relay over `store` until `stop`.
+fn start_relay<S: RelayStore + 'static>(
+    store: S,
+    publisher: KafkaPublisher,
+    stop: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<RelayStats>> {
+    let relay = Relay::new(store, publisher, RelayConfig::default())?;
+    let stop = stop.clone();
+    Ok(tokio::spawn(async move { relay.run(stop).await }))
 }
 
 /// Writes an order and its event in one transaction; commits it or rolls it back.

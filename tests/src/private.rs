@@ -374,6 +374,12 @@ pub struct PrivatePostgres {
 impl PrivatePostgres {
     /// Creates the cluster and starts the server; waits until it accepts connections.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`start`](Self::start) with settings of the test's own, lines written to `postgresql.conf`
+    /// before the first start, e.g. `"wal_level = logical"` for WAL capture.
+    pub async fn start_with(settings: &[&str]) -> anyhow::Result<Self> {
         let bin = find_postgres_bin()?;
         let root = ScratchDir::new("outbox-pg")?;
         let as_postgres = is_root()?;
@@ -407,16 +413,20 @@ impl PrivatePostgres {
         ]);
         tokio::task::spawn_blocking(move || run(&mut command, "initdb of the private cluster"))
             .await??;
-        let settings = format!(
+        let mut conf_text = format!(
             "\n# outbox-tests: a private server\nlisten_addresses = '127.0.0.1'\nport = {}\n\
              unix_socket_directories = '{}'\nfsync = off\nfull_page_writes = off\n",
             server.port,
             server.root.0.display()
         );
+        for setting in settings {
+            conf_text.push_str(setting);
+            conf_text.push('\n');
+        }
         let conf = server.data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf)
             .with_context(|| format!("reading {}", conf.display()))?;
-        text.push_str(&settings);
+        text.push_str(&conf_text);
         std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
         server.start_again().await?;
         Ok(server)

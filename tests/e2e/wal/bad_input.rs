@@ -70,18 +70,8 @@ async fn a_server_without_logical_decoding_is_refused_naming_wal_level() -> anyh
 #[tokio::test(flavor = "multi_thread")]
 async fn no_free_replication_slot_is_named_with_the_setting_to_raise() -> anyhow::Result<()> {
     init_logs();
-    let mut server = PrivatePostgres::start().await?;
+    let server = outbox_tests::wal::logical_server(&["max_replication_slots = 1"]).await?;
     let url = server.url();
-    let mut conn = sqlx::PgConnection::connect(&url).await?;
-    for setting in ["wal_level = logical", "max_replication_slots = 1"] {
-        sqlx::raw_sql(&format!("ALTER SYSTEM SET {setting}"))
-            .execute(&mut conn)
-            .await?;
-    }
-    drop(conn);
-    server.stop().await?;
-    server.start_again().await?;
-    migrate(&url).await?;
     let mut conn = sqlx::PgConnection::connect(&url).await?;
     sqlx::query("SELECT pg_create_logical_replication_slot('taken', 'pgoutput')")
         .execute(&mut conn)

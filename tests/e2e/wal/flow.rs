@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use outbox_core::Message;
 use outbox_postgres::PgOutbox;
-use outbox_tests::{RelayProcess, TestDb, create_topic, init_logs, keyed, read_topic, wal};
+use outbox_tests::{
+    RelayProcess, TestDb, create_topic, init_logs, keyed, read_topic, services, wal,
+};
+use sqlx::Connection;
 
 use crate::relay_program;
 
@@ -79,4 +82,58 @@ async fn messages_of_many_transactions_arrive_in_commit_order_per_key() -> anyho
     let duplicates = keyed::verify(&records, &enqueued)?;
     assert_eq!(duplicates, 0, "a clean run publishes each message once");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_stream_outlives_the_servers_wal_sender_timeout() -> anyhow::Result<()> {
+    init_logs();
+    // The server ends a replication connection that sends no status update for a second.
+    let server = wal::logical_server(&["wal_sender_timeout = '1s'"]).await?;
+    let url = server.url();
+    let slot = outbox_postgres::SlotName::new("idle")?;
+    let mut conn = sqlx::PgConnection::connect(&url).await?;
+    outbox_postgres::wal::create_slot(&mut conn, &outbox_postgres::Tables::default(), &slot)
+        .await?;
+    let topic = create_topic(1).await?;
+    let flags = wal::relay_flags(&slot);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let relay = RelayProcess::spawn_with(relay_program(), &url, &services::brokers()?, &flags)?;
+    relay
+        .wait_for_log("replication stream started", Duration::from_secs(60))
+        .await?;
+    let reader = walsender(&mut conn, &slot).await?;
+    assert!(reader.is_some(), "the relay reads the slot");
+
+    // Idle for five timeouts: the stream must be kept alive, not ended and reopened.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        walsender(&mut conn, &slot).await?,
+        reader,
+        "the same walsender reads the slot"
+    );
+    let message = Message::builder(&topic)
+        .key("k")
+        .json(&"after a quiet while")?;
+    let mut tx = conn.begin().await?;
+    PgOutbox::wal().enqueue(&mut tx, &message).await?;
+    tx.commit().await?;
+    let records = read_topic(&topic, 1, Duration::from_secs(5)).await?;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].id(), Some(message.id));
+    let log = std::fs::read_to_string(&relay.log)?;
+    assert!(!log.contains("replication stream ended"), "{log}");
+    assert!(relay.terminate().await?.success());
+    Ok(())
+}
+
+async fn walsender(
+    conn: &mut sqlx::PgConnection,
+    slot: &outbox_postgres::SlotName,
+) -> anyhow::Result<Option<i32>> {
+    Ok(
+        sqlx::query_scalar("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(slot.as_str())
+            .fetch_one(conn)
+            .await?,
+    )
 }
