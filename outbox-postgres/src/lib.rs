@@ -28,6 +28,7 @@ mod outbox;
 mod queries;
 mod relay_store;
 mod rows;
+mod session_options;
 mod status;
 mod tables;
 pub mod wal;

@@ -21,7 +21,7 @@ impl PgRelayStore {
     /// that two relays starting together cannot both pass it), then the session's limits.
     pub(super) async fn connect(&self, session: &mut Session) -> Result<(), Error> {
         let started = Instant::now();
-        let mut conn: PgConnection = sqlx::Connection::connect_with(&self.connect).await?;
+        let mut conn: PgConnection = sqlx::Connection::connect_with(&*self.connect).await?;
         preflight::run(&mut conn, &self.connect, &self.queries).await?;
         sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
             .bind(self.queries.namespace)

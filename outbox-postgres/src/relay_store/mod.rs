@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use outbox_core::{ClaimRequest, LaneStore, Lease, Settled, Settlement, WakeUps, Window};
-use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
 
@@ -33,6 +33,7 @@ pub(crate) use session::session_limits;
 
 use crate::error::Error;
 use crate::queries::Queries;
+use crate::session_options::SessionOptions;
 use session::Session;
 
 /// The relay store on PostgreSQL.
@@ -51,7 +52,7 @@ use session::Session;
 /// then they are marked published, and purged by the relay once older than the retention.
 #[derive(Debug)]
 pub struct PgRelayStore {
-    connect: PgConnectOptions,
+    connect: SessionOptions,
     pool: PgPool,
     queries: Arc<Queries>,
     channel: String,
@@ -71,9 +72,7 @@ impl PgRelayStore {
     pub fn new(pool: PgPool, config: PgRelayStoreConfig) -> Self {
         let owned_count = Arc::new(AtomicUsize::new(0));
         Self {
-            connect: (*pool.connect_options())
-                .clone()
-                .application_name("outbox-relay"),
+            connect: SessionOptions::of(&pool),
             queries: Arc::new(Queries::new(&config.tables)),
             channel: config.tables.channel(),
             pool,
@@ -101,7 +100,7 @@ impl PgRelayStore {
     /// [`Error::Unsupported`] saying what is wrong and how to fix it, [`Error::Database`] when the
     /// database cannot be reached.
     pub async fn check(&self) -> Result<(), Error> {
-        let mut conn: PgConnection = sqlx::Connection::connect_with(&self.connect).await?;
+        let mut conn: PgConnection = sqlx::Connection::connect_with(&*self.connect).await?;
         let checked = preflight::run(&mut conn, &self.connect, &self.queries).await;
         if let Err(error) = sqlx::Connection::close(conn).await {
             tracing::debug!(%error, "closing the check's connection failed");

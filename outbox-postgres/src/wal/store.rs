@@ -19,7 +19,7 @@ use outbox_core::{
     ClaimRequest, Fence, LaneStore, Lease, Settled, Settlement, StoredMessage, WakeUps, Window,
 };
 use pgwire_replication::ReplicationEvent;
-use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::postgres::PgPool;
 use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::{Mutex, Notify};
 
@@ -32,6 +32,7 @@ use super::stream::{Next, ReplicationTarget, Stream};
 use crate::error::Error;
 use crate::relay_store::{refuse_poolers, session_limits};
 use crate::rows::Columns;
+use crate::session_options::SessionOptions;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -42,7 +43,7 @@ const EVENTS_PER_CLAIM: usize = 4096;
 /// The relay store of WAL capture. See the module documentation.
 #[derive(Debug)]
 pub struct PgWalStore {
-    connect: PgConnectOptions,
+    connect: SessionOptions,
     target: ReplicationTarget,
     queries: Arc<WalQueries>,
     config: PgWalStoreConfig,
@@ -122,9 +123,7 @@ impl PgWalStore {
     /// [`Error::Config`] when `database_url` cannot be read.
     pub fn new(pool: &PgPool, database_url: &str, config: PgWalStoreConfig) -> Result<Self, Error> {
         Ok(Self {
-            connect: (*pool.connect_options())
-                .clone()
-                .application_name("outbox-relay"),
+            connect: SessionOptions::of(pool),
             target: ReplicationTarget::from_url(database_url)?,
             queries: Arc::new(WalQueries::new(&config.tables, &config.slot)),
             state: Arc::new(Mutex::new(State {
@@ -143,7 +142,7 @@ impl PgWalStore {
     /// # Errors
     /// [`Error::Unsupported`] saying what is wrong and how to fix it.
     pub async fn check(&self) -> Result<(), Error> {
-        let mut conn: PgConnection = Connection::connect_with(&self.connect).await?;
+        let mut conn: PgConnection = Connection::connect_with(&*self.connect).await?;
         let checked = async {
             refuse_poolers(&mut conn, &self.connect).await?;
             slot::check_slot(&mut conn, &self.config.tables, &self.config.slot).await?;
@@ -172,7 +171,7 @@ impl PgWalStore {
             state.disconnect("the lease expired before it was renewed", &self.reading);
         }
         if state.capture.is_none() {
-            let mut conn: PgConnection = Connection::connect_with(&self.connect).await?;
+            let mut conn: PgConnection = Connection::connect_with(&*self.connect).await?;
             refuse_poolers(&mut conn, &self.connect).await?;
             sqlx::Executor::execute(&mut conn, sqlx::raw_sql(&session_limits(lease))).await?;
             state.capture = Some(conn);
