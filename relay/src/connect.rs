@@ -11,12 +11,28 @@ use tokio::time::Instant;
 
 use crate::cli::DatabaseArgs;
 
-/// The URL with its password replaced, for messages.
+/// The URL with its password replaced, for messages: in the user-info and in the query (`password`,
+/// as libpq and sqlx accept it, in any case).
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some("***"));
+            }
+            let secret = |key: &str| key.eq_ignore_ascii_case("password");
+            if parsed.query_pairs().any(|(key, _)| secret(&key)) {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(key, value)| {
+                        let value = if secret(&key) {
+                            "***".into()
+                        } else {
+                            value.into_owned()
+                        };
+                        (key.into_owned(), value)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
             }
             parsed.to_string()
         }
@@ -82,4 +98,24 @@ pub async fn require_schema(pool: &PgPool, tables: &Tables) -> anyhow::Result<()
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted_wherever_the_url_carries_them() {
+        for url in [
+            "postgres://app:hunter2@127.0.0.1/db",
+            "postgres://app@127.0.0.1/db?password=hunter2",
+            "postgres://app@127.0.0.1/db?sslmode=disable&PASSWORD=hunter2&application_name=x",
+            "postgres://app:hunter1@127.0.0.1/db?password=hunter2",
+        ] {
+            let shown = redact(url);
+            assert!(!shown.contains("hunter"), "{url} shown as {shown}");
+            assert!(shown.contains("127.0.0.1"), "{shown}");
+        }
+        assert!(redact("postgres://app@h/db?sslmode=disable").contains("sslmode=disable"));
+    }
 }

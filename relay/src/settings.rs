@@ -455,10 +455,16 @@ impl Resolver<'_> {
                 .split_once('=')
                 .filter(|(name, _)| !name.trim().is_empty())
             else {
+                // Not a KEY=VALUE: the text may well be a secret typed with another separator.
+                let shown = if looks_secret(text) {
+                    "***"
+                } else {
+                    text.as_str()
+                };
                 return Err(invalid(
                     &Origin::Flag("-X"),
                     "",
-                    text,
+                    shown,
                     "must be KEY=VALUE, a librdkafka producer property".into(),
                 ));
             };
@@ -590,15 +596,20 @@ fn invalid(origin: &Origin, key: &str, shown: &str, allowed: String) -> SettingE
     }
 }
 
+/// Parts of producer property names whose values are secrets.
+const SECRET_PROPERTY_PARTS: &[&str] = &["password", "secret", "key.pem", "oauthbearer.config"];
+
+fn looks_secret(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    SECRET_PROPERTY_PARTS.iter().any(|part| text.contains(part))
+}
+
 /// `text` as it may be printed: database URLs and secret-looking producer properties redacted.
 fn shown(key: &str, text: &str) -> String {
-    const SECRET_PROPERTY_PARTS: &[&str] = &["password", "secret", "key.pem", "oauthbearer.config"];
     if key == DATABASE_URL.key {
         return redact(text);
     }
-    if key.starts_with(PROPERTIES_TABLE)
-        && SECRET_PROPERTY_PARTS.iter().any(|part| key.contains(part))
-    {
+    if key.starts_with(PROPERTIES_TABLE) && looks_secret(key) {
         return "***".to_owned();
     }
     text.to_owned()
@@ -961,6 +972,41 @@ mod tests {
         for part in ["kafka.brokers", "--brokers", "KAFKA_BROKERS"] {
             assert!(error.contains(part), "{error}");
         }
+    }
+
+    #[test]
+    fn a_password_in_the_url_query_and_a_malformed_secret_property_are_never_shown() {
+        let settings = resolve_with(
+            &[
+                "--database-url",
+                "postgres://app@127.0.0.1/db?password=hunter2",
+                "--brokers",
+                "127.0.0.1:9092",
+            ],
+            &[],
+        )
+        .expect("valid");
+        let url = settings
+            .effective
+            .iter()
+            .find(|e| e.key == DATABASE_URL.key)
+            .expect("the URL is shown");
+        assert!(!url.shown.contains("hunter2"), "{}", url.shown);
+        let error = resolve_with(
+            &[
+                "--database-url",
+                "postgres://app@127.0.0.1/db",
+                "--brokers",
+                "127.0.0.1:9092",
+                "-X",
+                "sasl.password:hunter2",
+            ],
+            &[],
+        )
+        .expect_err("not KEY=VALUE")
+        .to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(error.contains("KEY=VALUE"), "{error}");
     }
 
     /// The help text documents each setting's environment variable and file key.
