@@ -8,6 +8,7 @@
 /// Number of slots a key can hash to. Lane counts must divide it so that lanes stay even.
 pub const SLOTS: u32 = 1024;
 
+#[doc(hidden)] // for the adapters; users need `java_partition` and `slot_for`
 /// Kafka's murmur2 hash (the Java client's `Utils.murmur2`), bit for bit.
 pub fn murmur2(data: &[u8]) -> u32 {
     const SEED: u32 = 0x9747_b28c;

@@ -168,16 +168,19 @@ pub(crate) fn abandoned() {
     counter!(ABANDONED_WINDOWS).increment(1);
 }
 
+#[doc(hidden)] // for the adapters; dashboards use the names above
 /// Counts a failed database operation.
 pub fn database_error(operation: &'static str) {
     counter!(DATABASE_ERRORS, "operation" => operation).increment(1);
 }
 
+#[doc(hidden)] // for the adapters; dashboards use the names above
 /// Records the publish horizon's lag (see [`HORIZON_LAG`]).
 pub fn horizon_lag(lag: std::time::Duration) {
     gauge!(HORIZON_LAG).set(lag.as_secs_f64());
 }
 
+#[doc(hidden)] // for the adapters; dashboards use the names above
 /// Sets the number of lanes owned and counts the change.
 pub fn lanes_changed(owned: usize, change: &'static str, lanes: usize) {
     gauge!(LANES_OWNED).set(owned as f64);
@@ -186,17 +189,20 @@ pub fn lanes_changed(owned: usize, change: &'static str, lanes: usize) {
     }
 }
 
+#[doc(hidden)] // for the adapters; dashboards use the names above
 /// Counts a logical message the relay did not publish (see [`WAL_SKIPPED`]).
 pub fn wal_skipped(reason: &'static str) {
     counter!(WAL_SKIPPED, "reason" => reason).increment(1);
 }
 
+#[doc(hidden)] // for the adapters; dashboards use the names above
 /// Records how far the replication slot is behind (see [`WAL_LAG_BYTES`], [`WAL_LAG_SECONDS`]).
 pub fn wal_lag(bytes: u64, seconds: f64) {
     gauge!(WAL_LAG_BYTES).set(bytes as f64);
     gauge!(WAL_LAG_SECONDS).set(seconds);
 }
 
+#[doc(hidden)] // for the adapters; dashboards use the names above
 /// Records whether this relay reads the replication slot (see [`WAL_READING`]).
 pub fn wal_reading(reading: bool) {
     gauge!(WAL_READING).set(if reading { 1.0 } else { 0.0 });

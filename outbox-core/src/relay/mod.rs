@@ -368,6 +368,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Renders an error with its causes on one line.
+#[doc(hidden)] // for the adapters' log lines
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
