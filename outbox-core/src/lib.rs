@@ -39,6 +39,8 @@ pub mod publisher;
 pub mod relay;
 pub mod retry;
 pub mod store;
+#[doc(hidden)] // for the adapters
+pub mod sync;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod trace;

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -26,12 +26,7 @@ use crate::store::{
     ClaimRequest, DeadLetter, Lane, LaneStore, Lease, Settled, Settlement, StoredMessage, WakeUps,
     Window,
 };
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 /// An outbox held in memory. Clones share it.
 #[derive(Debug, Clone)]

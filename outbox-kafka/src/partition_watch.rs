@@ -28,10 +28,7 @@ pub struct PartitionWatch {
 impl PartitionWatch {
     /// Takes in one statistics report: per topic, the partitions the producer's metadata lists.
     fn observe<'a>(&self, topics: impl IntoIterator<Item = (&'a str, usize)>) {
-        let mut known = self
-            .known
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut known = outbox_core::sync::lock(&self.known);
         for (topic, partitions) in topics {
             if partitions == 0 {
                 // Metadata not there yet (the topic is being looked up): nothing to compare.

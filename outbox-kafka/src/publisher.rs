@@ -52,10 +52,7 @@ struct ProducerSlot {
 
 impl ProducerSlot {
     fn get(&self) -> Producer {
-        self.producer
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        outbox_core::sync::read(&self.producer).clone()
     }
 
     /// Replaces `failed` with a fresh producer if it raised a fatal error (and nobody replaced it
@@ -66,10 +63,7 @@ impl ProducerSlot {
         let Some(fatal) = failed.client().fatal_error() else {
             return;
         };
-        let mut current = self
-            .producer
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut current = outbox_core::sync::write(&self.producer);
         if current.client().native_ptr() != failed.client().native_ptr() {
             return;
         }

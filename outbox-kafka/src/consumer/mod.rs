@@ -17,9 +17,10 @@ mod rebalance;
 mod retention;
 mod stats;
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub(crate) use outbox_core::sync::lock;
 use outbox_core::{CancellationToken, Inbox, RetryPolicy};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -192,12 +193,6 @@ impl<I: Inbox + 'static> InboxConsumer<I> {
         tracing::info!(consumer = %self.shared.name, ?stats, "consumer stopped");
         outcome.map(|()| stats)
     }
-}
-
-/// Locks a mutex, ignoring poisoning (the data stays consistent: every critical section is a few
-/// map operations).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Stops the partition workers when `run` is dropped before it finished.

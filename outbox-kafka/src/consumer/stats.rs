@@ -95,9 +95,7 @@ impl Counters {
     }
 
     fn in_hand_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<TopicPartition, (i64, Instant)>> {
-        self.in_hand
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        outbox_core::sync::lock(&self.in_hand)
     }
 }
 
