@@ -170,24 +170,27 @@ const CONSUMER_ONLY: &[&str] = &[
     "coordinator.query.interval.ms",
 ];
 
+/// Defaults of the dead-letter producer: keys partitioned as the Java client does, and a delivery
+/// timeout of 10 s (the runner retries).
+const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("partitioner", "murmur2_random"),
+    ("message.timeout.ms", "10000"),
+];
+
 /// The producer settings derived from the consumer's: connection and security settings kept,
-/// consumer settings removed, idempotent `acks=all`, keys partitioned as the Java client does,
-/// and a delivery timeout of 10 s (the runner retries) unless set.
-pub(crate) fn producer_config(consumer: &ClientConfig) -> ClientConfig {
+/// consumer settings removed, then hardened as every producer of the workspace is.
+pub(crate) fn producer_config(consumer: &ClientConfig) -> Result<ClientConfig, crate::Error> {
     let mut config = consumer.clone();
     for key in CONSUMER_ONLY {
         config.remove(key);
     }
-    config.set("enable.idempotence", "true").set("acks", "all");
-    for (key, value) in [
-        ("partitioner", "murmur2_random"),
-        ("message.timeout.ms", "10000"),
-    ] {
-        if config.get(key).is_none() {
-            config.set(key, value);
-        }
-    }
-    config
+    crate::producer_config::harden(&config, PRODUCER_DEFAULTS)
+}
+
+/// A dead-letter producer configuration given by the user, hardened all the same: idempotent,
+/// `acks=all`, a keyed partitioner.
+pub(crate) fn custom_producer_config(config: &ClientConfig) -> Result<ClientConfig, crate::Error> {
+    crate::producer_config::harden(config, PRODUCER_DEFAULTS)
 }
 
 /// Sends dead-letter records.
@@ -332,13 +335,37 @@ mod tests {
             .set("group.id", "shipping")
             .set("fetch.wait.max.ms", "50")
             .set("enable.auto.offset.store", "false");
-        let producer = producer_config(&consumer);
+        let producer = producer_config(&consumer).expect("a safe configuration");
         assert_eq!(producer.get("bootstrap.servers"), Some("kafka:9092"));
         assert_eq!(producer.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(producer.get("acks"), Some("all"));
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
         for gone in ["group.id", "fetch.wait.max.ms", "enable.auto.offset.store"] {
             assert_eq!(producer.get(gone), None, "{gone}");
+        }
+    }
+
+    #[test]
+    fn a_custom_dead_letter_producer_is_hardened_and_weakening_settings_are_refused() {
+        let mut custom = ClientConfig::new();
+        custom
+            .set("bootstrap.servers", "kafka:9092")
+            .set("request.required.acks", "-1");
+        let producer = custom_producer_config(&custom).expect("safe");
+        assert_eq!(producer.get("acks"), Some("all"));
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        assert_eq!(producer.get("partitioner"), Some("murmur2_random"));
+        for (key, value) in [
+            ("acks", "1"),
+            ("enable.idempotence", "false"),
+            ("partitioner", "random"),
+        ] {
+            let mut weak = custom.clone();
+            weak.set(key, value);
+            let error = custom_producer_config(&weak)
+                .expect_err("weakening")
+                .to_string();
+            assert!(error.contains(key), "{error}");
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The producer settings the relay's guarantee needs: checked, completed with safe defaults, and
+//! The producer settings the guarantees need, for every producer of the workspace (the relay's
+//! publisher and the consumer's dead-letter producer): checked, completed with safe defaults, and
 //! read back (the send timeout), whichever of librdkafka's names the user gave them under.
 
 use std::time::Duration;
@@ -7,8 +8,8 @@ use rdkafka::ClientConfig;
 
 use crate::error::Error;
 
-/// Settings applied unless the user set them, and why.
-const DEFAULTS: &[(&str, &str)] = &[
+/// Settings of the relay's publisher applied unless the user set them, and why.
+pub(crate) const PUBLISHER_DEFAULTS: &[(&str, &str)] = &[
     // Partition keys as the Java client does, so other producers and consumers agree.
     ("partitioner", "murmur2_random"),
     // The relay hands whole windows over at once, so waiting for more records only delays them:
@@ -49,9 +50,29 @@ fn unsafe_setting(key: &str, value: &str, why: &'static str) -> Error {
     }
 }
 
-/// Checks `config`, folds aliases onto one name, forces idempotence and `acks=all`, fills in the
-/// defaults; returns the finished configuration and its send timeout.
+/// The relay publisher's configuration ([`harden`] with [`PUBLISHER_DEFAULTS`]) and its send
+/// timeout.
 pub(crate) fn prepare(config: &ClientConfig) -> Result<(ClientConfig, Duration), Error> {
+    let config = harden(config, PUBLISHER_DEFAULTS)?;
+    let timeout = config.get("message.timeout.ms").unwrap_or("5000");
+    let millis: u64 = timeout
+        .parse()
+        .ok()
+        .filter(|millis| *millis > 0)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "`message.timeout.ms={timeout}` must be a number of milliseconds above 0: the relay needs every send to end"
+            ))
+        })?;
+    Ok((config, Duration::from_millis(millis)))
+}
+
+/// Checks `config`, folds aliases onto one name, refuses what would weaken acknowledgements or
+/// per-key order, forces idempotence and `acks=all`, and fills in `defaults` for what is unset.
+pub(crate) fn harden(
+    config: &ClientConfig,
+    defaults: &[(&str, &str)],
+) -> Result<ClientConfig, Error> {
     let mut config = config.clone();
     for (name, alias) in ALIASES {
         let Some(second) = config.get(alias).map(str::to_owned) else {
@@ -96,22 +117,12 @@ pub(crate) fn prepare(config: &ClientConfig) -> Result<(ClientConfig, Duration),
         ));
     }
     config.set("enable.idempotence", "true").set("acks", "all");
-    for (key, value) in DEFAULTS {
+    for (key, value) in defaults {
         if config.get(key).is_none() {
             config.set(*key, *value);
         }
     }
-    let timeout = config.get("message.timeout.ms").unwrap_or("5000");
-    let millis: u64 = timeout
-        .parse()
-        .ok()
-        .filter(|millis| *millis > 0)
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "`message.timeout.ms={timeout}` must be a number of milliseconds above 0: the relay needs every send to end"
-            ))
-        })?;
-    Ok((config, Duration::from_millis(millis)))
+    Ok(config)
 }
 
 #[cfg(test)]

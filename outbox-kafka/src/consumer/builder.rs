@@ -138,7 +138,8 @@ impl<I: Inbox + 'static> InboxConsumerBuilder<I> {
     }
 
     /// Producer settings for the dead-letter topic. Default: the consumer's settings without the
-    /// consumer-only ones, with `acks=all` and the idempotent producer.
+    /// consumer-only ones. Either way the producer is idempotent with `acks=all` and a keyed
+    /// partitioner; [`build`](Self::build) refuses settings that would weaken them.
     pub fn dead_letter_producer(mut self, config: ClientConfig) -> Self {
         self.dead_letter_config = Some(config);
         self
@@ -227,9 +228,10 @@ impl<I: Inbox + 'static> InboxConsumerBuilder<I> {
         if config.get("partition.assignment.strategy").is_none() {
             config.set("partition.assignment.strategy", "cooperative-sticky");
         }
-        let producer_config = self
-            .dead_letter_config
-            .unwrap_or_else(|| dead_letter::producer_config(&config));
+        let producer_config = match &self.dead_letter_config {
+            Some(custom) => dead_letter::custom_producer_config(custom)?,
+            None => dead_letter::producer_config(&config)?,
+        };
         let origin = Origin {
             consumer: self.name.clone(),
             group,
