@@ -3,4 +3,5 @@
 mod admin;
 mod bad_input;
 mod failures;
+mod faults;
 mod flow;
