@@ -11,5 +11,5 @@ mod migrations;
 mod relay_store;
 mod retention;
 mod support;
-mod wal;
 mod wake_up;
+mod wal;
