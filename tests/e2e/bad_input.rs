@@ -162,7 +162,7 @@ async fn migrate_creates_the_tables_once() -> anyhow::Result<()> {
         sqlx::query_scalar("SELECT version FROM outbox_migrations ORDER BY version")
             .fetch_all(&db.pool)
             .await?;
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
     assert_eq!(db.outbox_count().await?, 0, "the outbox table exists");
     Ok(())
 }
@@ -252,7 +252,7 @@ async fn a_database_without_the_outbox_schema_is_refused_with_the_fix_named() ->
         .await?;
     let (status, stderr) = run_against(&db.url).await?;
     assert!(!status.success(), "exit status {status}");
-    assert!(stderr.contains("lacks migrations [1, 2, 3]"), "{stderr}");
+    assert!(stderr.contains("lacks migrations [1, 2, 3, 4]"), "{stderr}");
     assert!(
         stderr.contains("outbox-relay migrate"),
         "names the fix: {stderr}"
