@@ -12,6 +12,7 @@ use outbox_kafka::KafkaPublisher;
 use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, Row};
 
+use crate::capture::Capture;
 use crate::env::Bench;
 
 /// Every column the relay reads, oldest first, locked, skipping rows another worker holds.
@@ -28,6 +29,10 @@ pub struct Throughput {
     pub seconds: f64,
     /// Messages per second.
     pub per_second: f64,
+    /// CPU this process (the relays under test) used and the machine's idle share, for relay
+    /// drains.
+    #[serde(default)]
+    pub cpu: Option<crate::cpu::Usage>,
 }
 
 impl Throughput {
@@ -38,6 +43,7 @@ impl Throughput {
             messages,
             seconds,
             per_second: messages as f64 / seconds.max(1e-9),
+            cpu: None,
         }
     }
 }
@@ -102,7 +108,7 @@ pub async fn raw_claim_delete(
 /// Empties the outbox and commits a backlog of `count` messages.
 async fn fresh_backlog(bench: &Bench, count: u64) -> anyhow::Result<()> {
     bench.reset().await?;
-    crate::workload::fill_backlog(&bench.pool, "bench-raw", count).await?;
+    crate::workload::fill_backlog(&bench.pool, Capture::Table, "bench-raw", count).await?;
     Ok(())
 }
 
@@ -209,7 +215,7 @@ pub async fn naive_relay(
     window: Duration,
 ) -> anyhow::Result<Throughput> {
     bench.reset().await?;
-    crate::workload::fill_backlog(&bench.pool, topic, count).await?;
+    crate::workload::fill_backlog(&bench.pool, Capture::Table, topic, count).await?;
     let publisher = KafkaPublisher::new(&bench.kafka)?;
     publisher.check_reachable(Duration::from_secs(10)).await?;
     let fence = Fence::unbounded();

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::latency::{LatencyPoint, LatencyReport};
+use crate::latency::{BrokerFloor, LatencyPoint};
 
 const WIDTH: f64 = 800.0;
 const HEIGHT: f64 = 460.0;
@@ -74,21 +74,36 @@ struct Series {
 /// A latency of a point, in ms.
 type Metric = fn(&LatencyPoint) -> f64;
 
-fn series(report: &LatencyReport) -> Vec<Series> {
+/// The color of a mode's lines.
+fn color(mode: &str) -> &'static str {
+    match mode {
+        "wake-ups" => "#1f77b4",
+        "polling" => "#d62728",
+        "wal" => "#2ca02c",
+        _ => "#9467bd",
+    }
+}
+
+fn series(points: &[LatencyPoint], floor: &[BrokerFloor]) -> Vec<Series> {
     let metrics: [(&str, &str, Metric); 3] = [
         ("commit→ack p50", "", |p| p.ack.p50_ms),
         ("commit→ack p99", "6 4", |p| p.ack.p99_ms),
         ("commit→receipt p99", "2 3", |p| p.receipt.p99_ms),
     ];
+    let mut modes: Vec<&str> = Vec::new();
+    for point in points {
+        if !modes.contains(&point.mode.as_str()) {
+            modes.push(&point.mode);
+        }
+    }
     let mut all = Vec::new();
-    for (mode, color) in [("wake-ups", "#1f77b4"), ("polling", "#d62728")] {
+    for mode in modes {
         for (metric, dash, value) in metrics {
             all.push(Series {
                 label: format!("{mode}: {metric}"),
-                color,
+                color: color(mode),
                 dash,
-                points: report
-                    .points
+                points: points
                     .iter()
                     .filter(|p| p.mode == mode)
                     .map(|p| (f64::from(p.offered), value(p)))
@@ -96,16 +111,17 @@ fn series(report: &LatencyReport) -> Vec<Series> {
             });
         }
     }
-    all.push(Series {
-        label: "broker alone: send→ack p99".into(),
-        color: "#7f7f7f",
-        dash: "1 0",
-        points: report
-            .broker_floor
-            .iter()
-            .map(|f| (f64::from(f.offered), f.ack.p99_ms))
-            .collect(),
-    });
+    if !floor.is_empty() {
+        all.push(Series {
+            label: "broker alone: send→ack p99".into(),
+            color: "#7f7f7f",
+            dash: "1 0",
+            points: floor
+                .iter()
+                .map(|f| (f64::from(f.offered), f.ack.p99_ms))
+                .collect(),
+        });
+    }
     all
 }
 
@@ -117,9 +133,10 @@ fn label(value: f64) -> String {
     }
 }
 
-/// Renders the latency of `report` as an SVG document.
-pub fn latency_svg(report: &LatencyReport) -> String {
-    let lines = series(report);
+/// Renders `points` (one line per mode and metric) and the broker's own latency `floor` as an SVG
+/// document, with `note` (how each mode ran) under it.
+pub fn latency_svg(points: &[LatencyPoint], floor: &[BrokerFloor], note: &str) -> String {
+    let lines = series(points, floor);
     let x = LogAxis::around(
         lines.iter().flat_map(|s| s.points.iter().map(|p| p.0)),
         LEFT,
@@ -216,10 +233,8 @@ pub fn latency_svg(report: &LatencyReport) -> String {
     }
     let _ = writeln!(
         svg,
-        r##"<text x="{LEFT}" y="{}" font-size="11" fill="#555">wake-ups: NOTIFY, poll {} ms; polling: poll {} ms</text>"##,
-        HEIGHT - 4.0,
-        report.wake_up_poll_interval_ms,
-        report.polling_interval_ms
+        r##"<text x="{LEFT}" y="{}" font-size="11" fill="#555">{note}</text>"##,
+        HEIGHT - 4.0
     );
     svg.push_str("</svg>\n");
     svg

@@ -1,9 +1,10 @@
 //! Part 1, drain: one relay publishing a committed backlog, next to the three baselines.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::Options;
 use crate::baselines::{self, Throughput};
+use crate::capture::Capture;
 use crate::env::Bench;
 use crate::relays;
 
@@ -42,14 +43,16 @@ pub struct DrainReport {
     pub relay_vs_naive: f64,
 }
 
-/// Drains a backlog of `count` messages with `relay_count` relays whose lanes were balanced
-/// before the backlog was committed; the clock starts when the commit returned.
+/// Drains a backlog of `count` messages of `capture` with `relay_count` relays that were ready
+/// (lanes balanced; WAL mode: reading the slot) before the backlog was committed; the clock starts
+/// when the commit returned and stops when the relays settled the last message.
 ///
 /// # Errors
 /// When a service fails or the drain takes longer than 30 minutes.
 pub async fn relay_drain(
     bench: &Bench,
     options: &Options,
+    capture: Capture,
     relay_count: usize,
     count: u64,
 ) -> anyhow::Result<Throughput> {
@@ -57,15 +60,40 @@ pub async fn relay_drain(
     let topic = bench.topic("drain", options.partitions()).await?;
     let running = relays::start_balanced(
         bench,
+        capture,
         relay_count,
         options.batch_size(),
         Duration::from_secs(1),
     )
     .await?;
-    let committed = crate::workload::fill_backlog(&bench.pool, &topic, count).await?;
+    let filling = Instant::now();
+    let committed = crate::workload::fill_backlog(&bench.pool, capture, &topic, count).await;
+    let committed = match committed {
+        Ok(committed) => committed,
+        Err(error) => {
+            relays::stop_all(running).await;
+            return Err(error);
+        }
+    };
+    let cpu = crate::cpu::Reading::now();
+    crate::progress(format!(
+        "  {count} messages committed in {:.1} s; draining",
+        committed.duration_since(filling).as_secs_f64()
+    ));
     let done = relays::wait_settled(&running, count, DRAIN_TIMEOUT).await;
+    let usage = crate::cpu::Reading::now().since(cpu);
     relays::stop_all(running).await;
-    Ok(Throughput::new(count, done?.duration_since(committed)))
+    let elapsed = done?.duration_since(committed);
+    crate::progress(format!(
+        "  relay process on CPU {:.0} % of the drain ({:.1} µs per message), machine idle {:.0} %",
+        crate::cpu::share_of(usage, elapsed) * 100.0,
+        crate::cpu::micros_per_message(usage, count),
+        usage.machine_idle * 100.0
+    ));
+    Ok(Throughput {
+        cpu: Some(usage),
+        ..Throughput::new(count, elapsed)
+    })
 }
 
 /// Baseline (b) on a fresh topic.
@@ -97,7 +125,7 @@ pub async fn run(bench: &Bench, options: &Options) -> anyhow::Result<DrainReport
         "drain: {:.0} msg/s; relay over {count} messages",
         both_at_once.per_second
     ));
-    let relay = relay_drain(bench, options, 1, count).await?;
+    let relay = relay_drain(bench, options, Capture::Table, 1, count).await?;
     crate::progress(format!(
         "drain: {:.0} msg/s; raw produce again",
         relay.per_second

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use outbox_kafka::ClientConfig;
-use outbox_postgres::Tables;
+use outbox_postgres::{PgWalStoreConfig, SlotName, Tables};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -33,6 +33,12 @@ pub struct Bench {
     /// The engine settings every relay of the run starts with (batch size and poll interval are
     /// set per part).
     pub engine: outbox_core::RelayConfig,
+    /// The benchmark database's URL, for the replication connection of WAL capture.
+    pub url: String,
+    /// The replication slot of WAL capture, named after the database (created by the WAL part).
+    pub slot: SlotName,
+    /// Messages a WAL relay reads ahead: twice the in-flight budget, as `outbox-relay run` sets it.
+    pub wal_buffer: usize,
     name: String,
     admin: PgConnectOptions,
 }
@@ -55,6 +61,7 @@ impl Bench {
         let admin =
             PgConnectOptions::from_str(&url).context("DATABASE_URL is not a PostgreSQL URL")?;
         let name = format!("outbox_bench_{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+        crate::slot::drop_stale(&admin).await;
         let mut conn = admin
             .connect()
             .await
@@ -85,9 +92,23 @@ impl Bench {
             connect,
             kafka,
             engine,
+            url: with_database(&url, &name),
+            slot: SlotName::new(&name)?,
+            wal_buffer: options.max_in_flight.saturating_mul(2).clamp(1, 1_000_000),
             name,
             admin,
         })
+    }
+
+    /// The settings of a WAL relay's store: the benchmark's slot and read-ahead, everything else
+    /// at the defaults `outbox-relay run --capture wal` uses (64 lanes, 25 s lease).
+    ///
+    /// # Errors
+    /// When a setting is refused.
+    pub fn wal_store(&self) -> anyhow::Result<PgWalStoreConfig> {
+        Ok(PgWalStoreConfig::default()
+            .slot(self.slot.clone())
+            .buffer_messages(self.wal_buffer)?)
     }
 
     /// Empties the outbox and the business table between runs.
@@ -130,8 +151,19 @@ impl Bench {
         Ok(name)
     }
 
-    /// Drops the benchmark database (failures are only reported).
+    /// Drops the benchmark database and, first, any replication slot left in it (failures are only
+    /// reported).
     pub async fn drop_database(&self) {
+        match crate::slot::drop_all_in(&self.connect).await {
+            Ok(slots) if !slots.is_empty() => {
+                crate::progress(format!("replication slot(s) {} dropped", slots.join(", ")));
+            }
+            Ok(_) => {}
+            Err(error) => crate::progress(format!(
+                "could not drop the slots of {}: {error:#}",
+                self.name
+            )),
+        }
         self.pool.close().await;
         let dropped = async {
             let mut conn = self.admin.connect().await?;
@@ -149,5 +181,44 @@ impl Bench {
                 crate::progress(format!("could not drop database {}: {error}", self.name))
             }
         }
+    }
+}
+
+/// `url` with its database (the path) replaced by `database`; user, password, host, port and
+/// parameters kept.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{database}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn the_database_of_a_url_is_replaced_and_the_rest_kept() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "b"),
+            "postgres://postgres@127.0.0.1:5432/b"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=disable", "b"),
+            "postgres://u:p@h/b?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://h:5433", "b"),
+            "postgres://h:5433/b"
+        );
     }
 }

@@ -5,27 +5,26 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use outbox_core::{Fence, Publisher, StoredMessage};
-use outbox_kafka::{ClientConfig, KafkaPublisher};
+use outbox_kafka::KafkaPublisher;
 use outbox_postgres::PgOutbox;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message as _};
-use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use crate::Options;
+use crate::capture::Capture;
 use crate::env::Bench;
-use crate::observe::{Clock, drain_clock};
+use crate::observe::drain_clock;
+use crate::receiver::Receiver;
 use crate::relays::{self, RunningRelay};
 use crate::stats::Summary;
 use crate::workload::{Load, write_paced};
 
 /// The relay's poll interval with wake-ups on: the shipped default.
-const WAKE_UP_POLL: Duration = Duration::from_secs(1);
+pub const WAKE_UP_POLL: Duration = Duration::from_secs(1);
 /// The load that warms up producer, consumer and connections before measuring (not reported).
 const WARM_UP: Load = Load {
     rate: 100.0,
@@ -45,6 +44,15 @@ pub struct LatencyPoint {
     pub ack: Summary,
     /// Commit → consumer receipt.
     pub receipt: Summary,
+    /// Commit → handed to the publisher (claimed and sent): the capture side's share.
+    #[serde(default)]
+    pub handed: Summary,
+    /// Handed to the publisher → broker acknowledgement: the publishing side's share.
+    #[serde(default)]
+    pub publish: Summary,
+    /// How late a thread sleeping 1 ms woke up during the load: the machine's scheduling delay.
+    #[serde(default)]
+    pub wake_delay: Summary,
 }
 
 /// The broker's own latency at one offered load: records produced one by one at that rate with the
@@ -77,8 +85,30 @@ pub struct LatencyReport {
 /// # Errors
 /// When a service fails.
 pub async fn run(bench: &Bench, options: &Options) -> anyhow::Result<LatencyReport> {
+    let broker_floor = broker_floor(bench, options).await?;
+    let mut points = Vec::new();
+    for mode in [
+        Mode::table("wake-ups", true, WAKE_UP_POLL),
+        Mode::table("polling", false, options.poll_interval()),
+    ] {
+        points.extend(run_mode(bench, options, &mode).await?);
+    }
+    Ok(LatencyReport {
+        seconds: options.latency_window().as_secs(),
+        wake_up_poll_interval_ms: WAKE_UP_POLL.as_millis() as u64,
+        polling_interval_ms: options.poll_interval().as_millis() as u64,
+        points,
+        broker_floor,
+    })
+}
+
+/// The broker alone at every load of `options`, on a topic of its own.
+///
+/// # Errors
+/// When the broker fails.
+pub async fn broker_floor(bench: &Bench, options: &Options) -> anyhow::Result<Vec<BrokerFloor>> {
     let probe_topic = bench.topic("probe", options.partitions()).await?;
-    let mut broker_floor = Vec::new();
+    let mut floor = Vec::new();
     for &offered in options.loads() {
         let load = Load {
             rate: f64::from(offered),
@@ -89,64 +119,114 @@ pub async fn run(bench: &Bench, options: &Options) -> anyhow::Result<LatencyRepo
             "latency: broker alone at {offered}/s: send→ack p50 {:.1} p99 {:.1} ms",
             ack.p50_ms, ack.p99_ms
         ));
-        broker_floor.push(BrokerFloor { offered, ack });
+        floor.push(BrokerFloor { offered, ack });
     }
-    let mut points = Vec::new();
-    for (mode, notify, poll) in [
-        ("wake-ups", true, WAKE_UP_POLL),
-        ("polling", false, options.poll_interval()),
-    ] {
-        crate::progress(format!("latency: {mode} (relay poll interval {poll:?})"));
-        bench.reset().await?;
-        let topic = bench.topic("latency", options.partitions()).await?;
-        let consumer = Receiver::start(&bench.kafka, &topic, options.partitions())?;
-        let running = relays::start_balanced(bench, 1, options.batch_size(), poll).await?;
-        let outbox = PgOutbox::new().notify(notify);
-        let mut measure = Measure {
-            bench,
-            options,
-            topic: &topic,
-            outbox: &outbox,
-            relay: &running[0],
-            consumer: &consumer,
-            committed: Arc::new(AtomicU64::new(0)),
-        };
-        let result = async {
-            measure.load(WARM_UP).await?;
-            let mut mode_points = Vec::new();
-            for &offered in options.loads() {
-                let load = Load {
-                    rate: f64::from(offered),
-                    duration: options.latency_window(),
-                };
-                let (achieved, ack, receipt) = measure.load(load).await?;
-                crate::progress(format!(
-                    "  {offered}/s: ack p50 {:.1} p99 {:.1} ms, receipt p50 {:.1} p99 {:.1} ms",
-                    ack.p50_ms, ack.p99_ms, receipt.p50_ms, receipt.p99_ms
-                ));
-                mode_points.push(LatencyPoint {
-                    mode: mode.into(),
-                    offered,
-                    achieved,
-                    ack,
-                    receipt,
-                });
-            }
-            anyhow::Ok(mode_points)
+    Ok(floor)
+}
+
+/// How the messages of a latency run are written and relayed.
+#[derive(Debug, Clone)]
+pub struct Mode {
+    /// How the report names it (`wake-ups`, `polling`, `wal`).
+    pub name: &'static str,
+    /// Table or WAL mode.
+    pub capture: Capture,
+    /// Whether table-mode writers send `NOTIFY` (WAL mode has none: the stream wakes the relay).
+    pub notify: bool,
+    /// The relay's poll interval.
+    pub poll: Duration,
+}
+
+impl Mode {
+    /// A table-mode run.
+    pub fn table(name: &'static str, notify: bool, poll: Duration) -> Self {
+        Self {
+            name,
+            capture: Capture::Table,
+            notify,
+            poll,
         }
-        .await;
-        relays::stop_all(running).await;
-        consumer.stop()?;
-        points.extend(result?);
     }
+
+    /// The WAL-mode run: the relay's default poll interval, woken by what the stream brings.
+    pub fn wal() -> Self {
+        Self {
+            name: "wal",
+            capture: Capture::Wal,
+            notify: false,
+            poll: WAKE_UP_POLL,
+        }
+    }
+}
+
+/// Offers every load of `options` in `mode`, after a warm-up, with one relay and one consumer of
+/// a fresh topic; returns one point per load.
+///
+/// # Errors
+/// When a service fails.
+pub async fn run_mode(
+    bench: &Bench,
+    options: &Options,
+    mode: &Mode,
+) -> anyhow::Result<Vec<LatencyPoint>> {
+    crate::progress(format!(
+        "latency: {} (relay poll interval {:?})",
+        mode.name, mode.poll
+    ));
     bench.reset().await?;
-    Ok(LatencyReport {
-        seconds: options.latency_window().as_secs(),
-        wake_up_poll_interval_ms: WAKE_UP_POLL.as_millis() as u64,
-        polling_interval_ms: options.poll_interval().as_millis() as u64,
-        points,
-        broker_floor,
-    })
+    let topic = bench.topic("latency", options.partitions()).await?;
+    let consumer = Receiver::start(&bench.kafka, &topic, options.partitions())?;
+    let running =
+        match relays::start_balanced(bench, mode.capture, 1, options.batch_size(), mode.poll).await
+        {
+            Ok(running) => running,
+            Err(error) => {
+                consumer.stop()?;
+                return Err(error);
+            }
+        };
+    let outbox = mode.capture.outbox().notify(mode.notify);
+    let mut measure = Measure {
+        bench,
+        options,
+        topic: &topic,
+        outbox: &outbox,
+        relay: &running[0],
+        consumer: &consumer,
+        committed: Arc::new(AtomicU64::new(0)),
+    };
+    let result = async {
+        measure.load(WARM_UP).await?;
+        let mut points = Vec::new();
+        for &offered in options.loads() {
+            let load = Load {
+                rate: f64::from(offered),
+                duration: options.latency_window(),
+            };
+            let (achieved, [ack, receipt, handed, publish, wake_delay]) =
+                measure.load(load).await?;
+            crate::progress(format!(
+                "  {offered}/s: ack p50 {:.1} p99 {:.1} ms, receipt p50 {:.1} p99 {:.1} ms, handed to the publisher p99 {:.1} ms; a 1 ms sleep woke {:.1} ms late at p99",
+                ack.p50_ms, ack.p99_ms, receipt.p50_ms, receipt.p99_ms, handed.p99_ms, wake_delay.p99_ms
+            ));
+            points.push(LatencyPoint {
+                mode: mode.name.into(),
+                offered,
+                achieved,
+                ack,
+                receipt,
+                handed,
+                publish,
+                wake_delay,
+            });
+        }
+        anyhow::Ok(points)
+    }
+    .await;
+    relays::stop_all(running).await;
+    consumer.stop()?;
+    bench.reset().await?;
+    result
 }
 
 /// Produces `load` one record at a time (each its own `publish` call, as a relay publishing every
@@ -197,9 +277,13 @@ struct Measure<'a> {
 
 impl Measure<'_> {
     /// Offers `load`, waits for every message to be acknowledged and received, and returns the
-    /// achieved rate and both latencies.
-    async fn load(&mut self, load: Load) -> anyhow::Result<(f64, Summary, Summary)> {
+    /// achieved rate and the latencies from commit to acknowledgement, to receipt and to the
+    /// hand-over to the publisher, from the hand-over to the acknowledgement, and the machine's
+    /// scheduling delay meanwhile.
+    async fn load(&mut self, load: Load) -> anyhow::Result<(f64, [Summary; 5])> {
         drain_clock(&self.relay.acks);
+        drain_clock(&self.relay.handed);
+        let probe = crate::cpu::WakeProbe::start();
         let written = write_paced(
             &self.bench.pool,
             self.outbox,
@@ -221,6 +305,7 @@ impl Measure<'_> {
         while self.consumer.received() < total && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let wake_delay = probe.finish();
         let commits: HashMap<Uuid, Instant> = written.commits.iter().copied().collect();
         let since_commit = |events: Vec<(Uuid, Instant)>| {
             Summary::of(
@@ -232,74 +317,21 @@ impl Measure<'_> {
                     .collect(),
             )
         };
-        let ack = since_commit(drain_clock(&self.relay.acks));
+        let (acks, handed) = (
+            drain_clock(&self.relay.acks),
+            drain_clock(&self.relay.handed),
+        );
+        // The last hand-over of a message (a retried one is handed over again) to its ack.
+        let handed_at: HashMap<Uuid, Instant> = handed.iter().copied().collect();
+        let publish = Summary::of(
+            acks.iter()
+                .filter(|(id, _)| commits.contains_key(id))
+                .filter_map(|(id, at)| handed_at.get(id).map(|h| at.saturating_duration_since(*h)))
+                .collect(),
+        );
+        let ack = since_commit(acks);
         let receipt = since_commit(drain_clock(&self.consumer.receipts));
-        Ok((written.rate(), ack, receipt))
-    }
-}
-
-/// A consumer of the whole topic on a thread of its own, recording when each `ce_id` arrived.
-struct Receiver {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<anyhow::Result<()>>,
-    receipts: Clock,
-    received: Arc<AtomicU64>,
-}
-
-impl Receiver {
-    fn start(kafka: &ClientConfig, topic: &str, partitions: i32) -> anyhow::Result<Self> {
-        let mut config = kafka.clone();
-        config
-            .set("group.id", format!("bench-{}", Uuid::now_v7().simple()))
-            .set("enable.auto.commit", "false");
-        let consumer: BaseConsumer = config.create()?;
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-        }
-        consumer.assign(&assignment)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let receipts = Clock::default();
-        let received = Arc::new(AtomicU64::new(0));
-        let (flag, clock, count) = (stop.clone(), receipts.clone(), received.clone());
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                let Some(polled) = consumer.poll(Duration::from_millis(50)) else {
-                    continue;
-                };
-                let at = Instant::now();
-                let message = polled.context("consuming the latency topic failed")?;
-                let id = message
-                    .headers()
-                    .and_then(|headers| headers.iter().find(|h| h.key == "ce_id"))
-                    .and_then(|h| h.value)
-                    .and_then(|value| Uuid::try_parse_ascii(value).ok());
-                if let Some(id) = id {
-                    clock
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push((id, at));
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Ok(())
-        });
-        Ok(Self {
-            stop,
-            thread,
-            receipts,
-            received,
-        })
-    }
-
-    fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-
-    fn stop(self) -> anyhow::Result<()> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?
+        let handed = since_commit(handed);
+        Ok((written.rate(), [ack, receipt, handed, publish, wake_delay]))
     }
 }

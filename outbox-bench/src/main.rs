@@ -3,7 +3,8 @@
 //!
 //! `cargo run --release -p outbox-bench -- all` runs every part and writes a JSON file, a Markdown
 //! table and an SVG chart under `target/bench-results/`; `--quick` shrinks every size for a smoke
-//! run. Each part also runs alone (`drain`, `sustained`, `latency`, `write-path`, `scaling`).
+//! run. Each part also runs alone (`drain`, `sustained`, `latency`, `write-path`, `scaling`,
+//! `wal`).
 //! Services come from `DATABASE_URL` and `KAFKA_BROKERS` (`eval "$(scripts/services.sh)"`).
 
 use std::path::PathBuf;
@@ -14,18 +15,24 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 mod baselines;
+mod capture;
 mod chart;
+mod cpu;
 mod drain;
 mod env;
 mod latency;
 mod machine;
 mod markdown;
+mod markdown_wal;
 mod observe;
+mod receiver;
 mod relays;
 mod report;
 mod scaling;
+mod slot;
 mod stats;
 mod sustained;
+mod wal;
 mod workload;
 mod write_path;
 
@@ -56,6 +63,8 @@ enum Part {
     WritePath,
     /// Draining with 1, 2 and 4 relays.
     Scaling,
+    /// WAL capture next to table mode, back to back: write cost, drain and latency.
+    Wal,
     /// Renders the Markdown and the chart of an earlier run again from its JSON file (next to it),
     /// without running anything.
     Render {
@@ -77,7 +86,7 @@ pub struct Options {
     /// Small sizes everywhere (about two minutes for `all`).
     #[arg(long, global = true)]
     quick: bool,
-    /// Drain: messages in the backlog [default: 200000, quick 20000].
+    /// Drain (and the WAL part's drains): messages in the backlog [default: 200000, quick 20000].
     #[arg(long, global = true)]
     messages: Option<u64>,
     /// Drain: most messages the naive relay publishes [default: 5000, quick 1000].
@@ -281,11 +290,14 @@ async fn run_parts(
     if wanted(Part::Scaling) {
         report.scaling = Some(scaling::run(bench, options).await?);
     }
+    if wanted(Part::Wal) {
+        report.wal = Some(wal::run(bench, options).await?);
+    }
     report.check_targets();
     Ok(report)
 }
 
 /// Prints a progress line on stderr (the results go to stdout and the files).
 pub fn progress(text: impl std::fmt::Display) {
-    eprintln!("[{}] {text}", chrono::Utc::now().format("%H:%M:%S"));
+    eprintln!("[{}] {text}", chrono::Utc::now().format("%H:%M:%S%.3f"));
 }

@@ -11,7 +11,13 @@ use crate::write_path::WritePathReport;
 
 /// Appends a section: a heading, a table whose first column is left-aligned and the others
 /// right-aligned, and an optional note under it.
-fn section(md: &mut String, heading: &str, columns: &[&str], rows: Vec<Vec<String>>, note: &str) {
+pub fn section(
+    md: &mut String,
+    heading: &str,
+    columns: &[&str],
+    rows: Vec<Vec<String>>,
+    note: &str,
+) {
     let _ = writeln!(md, "### {heading}\n\n| {} |", columns.join(" | "));
     let align: Vec<&str> = (0..columns.len())
         .map(|i| if i == 0 { "---" } else { "---:" })
@@ -70,6 +76,9 @@ pub fn render(report: &Report) -> String {
     }
     if let Some(scaling) = &report.scaling {
         scaling_section(&mut md, scaling);
+    }
+    if let Some(wal) = &report.wal {
+        crate::markdown_wal::section(&mut md, wal);
     }
     let rows = report
         .targets

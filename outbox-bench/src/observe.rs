@@ -69,26 +69,38 @@ pub fn drain_clock(clock: &Clock) -> Vec<(Uuid, Instant)> {
     )
 }
 
-/// A [`Publisher`] that records when the broker acknowledged each message: when the
-/// acknowledgements of its window are all in (an upper bound for each message of the window;
-/// windows are small at fixed loads).
+/// A [`Publisher`] that records when each message was handed to it (claimed and sent) and when
+/// the broker acknowledged it: when the acknowledgements of its window are all in (an upper bound
+/// for each message of the window; windows are small at fixed loads).
 #[derive(Debug)]
 pub struct AckClock<P> {
     inner: P,
     acks: Clock,
+    handed: Clock,
 }
 
 impl<P> AckClock<P> {
-    /// Wraps `inner`, recording into `acks`.
-    pub fn new(inner: P, acks: Clock) -> Self {
-        Self { inner, acks }
+    /// Wraps `inner`, recording acknowledgements into `acks` and hand-overs into `handed`.
+    pub fn new(inner: P, acks: Clock, handed: Clock) -> Self {
+        Self {
+            inner,
+            acks,
+            handed,
+        }
     }
 }
 
 impl<P: Publisher> Publisher for AckClock<P> {
     async fn send(&self, messages: &[StoredMessage], fence: &Fence) -> Acknowledgements {
-        let pending = self.inner.send(messages, fence).await;
         let ids: Vec<Uuid> = messages.iter().map(|m| m.message.id).collect();
+        {
+            let now = Instant::now();
+            self.handed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(ids.iter().map(|id| (*id, now)));
+        }
+        let pending = self.inner.send(messages, fence).await;
         let clock = self.acks.clone();
         async move {
             let outcomes = pending.await;

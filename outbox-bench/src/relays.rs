@@ -1,40 +1,59 @@
-//! Relays under test: the real engine (`outbox_core::Relay`) over `PgRelayStore` and
-//! `KafkaPublisher`, with the settings the `outbox-relay` program uses by default, running in this
-//! process and watched through [`crate::observe`].
+//! Relays under test: the real engine (`outbox_core::Relay`) over `PgRelayStore` (table mode) or
+//! `PgWalStore` (WAL mode) and `KafkaPublisher`, with the settings the `outbox-relay` program uses
+//! by default, running in this process and watched through [`crate::observe`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use outbox_core::{CancellationToken, Relay, RelayStats};
+use outbox_core::{CancellationToken, Relay, RelayConfig, RelayStats, RelayStore};
 use outbox_kafka::KafkaPublisher;
-use outbox_postgres::{PgRelayStore, PgRelayStoreConfig};
+use outbox_postgres::wal::Reading;
+use outbox_postgres::{PgRelayStore, PgRelayStoreConfig, PgWalStore};
 
+use crate::capture::Capture;
 use crate::env::Bench;
 use crate::observe::{AckClock, Clock, CountingStore};
 
 /// Lanes of every relay (the default).
 pub const LANES: usize = 64;
 
+/// Longest a WAL relay may take to read up to the end of the WAL before it counts as started.
+const WAL_CATCH_UP: Duration = Duration::from_secs(120);
+
+/// What tells whether a relay is ready: the lanes it owns, or whether it reads the slot.
+enum Store {
+    Table(Arc<PgRelayStore>),
+    Wal(Reading),
+}
+
+/// The publisher of every relay: the relay's own, timestamping acknowledgements.
+type WatchedPublisher = AckClock<KafkaPublisher>;
+
 /// One relay running in this process.
 pub struct RunningRelay {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<RelayStats>,
-    store: Arc<PgRelayStore>,
+    store: Store,
     /// Messages published and settled so far.
     pub settled: Arc<AtomicU64>,
     /// When each message's batch was acknowledged.
     pub acks: Clock,
+    /// When each message was handed to the publisher.
+    pub handed: Clock,
 }
 
 impl RunningRelay {
-    /// Starts a relay with `batch_size` and `poll_interval`, everything else at its default.
+    /// Starts a relay of `capture` with `batch_size` and `poll_interval`, everything else at its
+    /// default.
     ///
     /// # Errors
-    /// When a setting is refused or the producer cannot be created.
-    pub fn start(
+    /// When a setting is refused, the producer cannot be created, or (WAL mode) the slot cannot be
+    /// read.
+    pub async fn start(
         bench: &Bench,
+        capture: Capture,
         batch_size: usize,
         poll_interval: Duration,
     ) -> anyhow::Result<Self> {
@@ -43,32 +62,53 @@ impl RunningRelay {
             .clone()
             .batch_size(batch_size)?
             .poll_interval(poll_interval)?;
-        let store = Arc::new(PgRelayStore::new(
-            bench.pool.clone(),
-            PgRelayStoreConfig::default(),
-        ));
         let settled = Arc::new(AtomicU64::new(0));
-        let acks = Clock::default();
-        let relay = Relay::new(
-            CountingStore::new(store.clone(), settled.clone()),
-            AckClock::new(KafkaPublisher::new(&bench.kafka)?, acks.clone()),
-            config,
-        )?;
+        let (acks, handed) = (Clock::default(), Clock::default());
+        let publisher = AckClock::new(
+            KafkaPublisher::new(&bench.kafka)?,
+            acks.clone(),
+            handed.clone(),
+        );
         let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task = tokio::spawn(async move { relay.run(token).await });
+        let (store, task) = match capture {
+            Capture::Table => {
+                let store = Arc::new(PgRelayStore::new(
+                    bench.pool.clone(),
+                    PgRelayStoreConfig::default(),
+                ));
+                let task = spawn(store.clone(), &settled, publisher, config, &shutdown)?;
+                (Store::Table(store), task)
+            }
+            Capture::Wal => {
+                let store = PgWalStore::new(&bench.pool, &bench.url, bench.wal_store()?)?;
+                store.check().await?;
+                let reading = store.reading();
+                let task = spawn(Arc::new(store), &settled, publisher, config, &shutdown)?;
+                (Store::Wal(reading), task)
+            }
+        };
         Ok(Self {
             shutdown,
             task,
             store,
             settled,
             acks,
+            handed,
         })
     }
 
-    /// Lanes it owns now.
+    /// Lanes it owns now (table mode), or all of them while it reads the slot (WAL mode).
     pub async fn lanes(&self) -> usize {
-        self.store.owned_lanes().await.len()
+        match &self.store {
+            Store::Table(store) => store.owned_lanes().await.len(),
+            Store::Wal(reading) => {
+                if reading.get() {
+                    LANES
+                } else {
+                    0
+                }
+            }
+        }
     }
 
     /// Stops it (its session closes and its lanes are released).
@@ -81,32 +121,79 @@ impl RunningRelay {
     }
 }
 
-/// Starts `count` relays and waits until the lanes are spread evenly among them.
+/// Runs `relay` over `store` (counting its settlements into `settled`) until `shutdown`.
+fn spawn<S: RelayStore + 'static>(
+    store: Arc<S>,
+    settled: &Arc<AtomicU64>,
+    publisher: WatchedPublisher,
+    config: RelayConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<RelayStats>> {
+    let relay = Relay::new(
+        CountingStore::new(store, settled.clone()),
+        publisher,
+        config,
+    )?;
+    let token = shutdown.clone();
+    Ok(tokio::spawn(async move { relay.run(token).await }))
+}
+
+/// Starts `count` relays of `capture` and waits until they are ready: in table mode, the lanes
+/// spread evenly among them; in WAL mode (one relay: a slot has one reader), the relay reading
+/// the slot, which was first moved to the end of the WAL, and having confirmed up to there.
 ///
 /// # Errors
-/// When a relay cannot start, or the lanes are not balanced within 30 s.
+/// When a relay cannot start, or is not ready within 30 s (WAL mode: 120 s).
 pub async fn start_balanced(
     bench: &Bench,
+    capture: Capture,
     count: usize,
     batch_size: usize,
     poll_interval: Duration,
 ) -> anyhow::Result<Vec<RunningRelay>> {
-    let relays = (0..count)
-        .map(|_| RunningRelay::start(bench, batch_size, poll_interval))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut caught_up_to = None;
+    if capture == Capture::Wal {
+        if count != 1 {
+            bail!("a replication slot has one reader: WAL mode runs one relay, not {count}");
+        }
+        crate::slot::skip_to_now(bench).await?;
+        caught_up_to = Some(crate::slot::current_lsn(&bench.pool).await?);
+    }
+    let mut relays = Vec::with_capacity(count);
+    for _ in 0..count {
+        match RunningRelay::start(bench, capture, batch_size, poll_interval).await {
+            Ok(relay) => relays.push(relay),
+            Err(error) => {
+                stop_all(relays).await;
+                return Err(error);
+            }
+        }
+    }
     let share = LANES / count;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let within = if capture == Capture::Wal {
+        WAL_CATCH_UP
+    } else {
+        Duration::from_secs(30)
+    };
+    let deadline = Instant::now() + within;
     loop {
         let mut owned = Vec::with_capacity(count);
         for relay in &relays {
             owned.push(relay.lanes().await);
         }
-        if owned.iter().all(|&lanes| lanes == share) {
+        let caught_up = match &caught_up_to {
+            Some(lsn) => crate::slot::confirmed_at_least(bench, lsn).await?,
+            None => true,
+        };
+        if caught_up && owned.iter().all(|&lanes| lanes == share) {
             return Ok(relays);
         }
         if Instant::now() > deadline {
             stop_all(relays).await;
-            bail!("{count} relays did not balance their lanes within 30 s: {owned:?}");
+            bail!(
+                "{count} {} relay(s) not ready within {within:?}: lanes {owned:?}, caught up {caught_up}",
+                capture.label()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

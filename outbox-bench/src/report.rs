@@ -10,6 +10,7 @@ use crate::latency::LatencyReport;
 use crate::machine::Machine;
 use crate::scaling::ScalingReport;
 use crate::sustained::SustainedReport;
+use crate::wal::{TABLE_MODE, WAL_MODE, WalReport};
 use crate::write_path::WritePathReport;
 
 /// One target, stated as a ratio or a bound measured in the same run.
@@ -61,6 +62,9 @@ pub struct Report {
     pub write_path: Option<WritePathReport>,
     /// Part 5.
     pub scaling: Option<ScalingReport>,
+    /// Part 6: WAL capture next to table mode.
+    #[serde(default)]
+    pub wal: Option<WalReport>,
     /// The targets, checked.
     pub targets: Vec<Target>,
     /// Load averages when the run ended (the machine is shared: compare with the start's).
@@ -90,6 +94,7 @@ impl Report {
             latency: None,
             write_path: None,
             scaling: None,
+            wal: None,
             targets: Vec::new(),
             load_average_at_end: String::new(),
         }
@@ -107,9 +112,18 @@ impl Report {
         let at_most = |name: &str, goal: f64, value: Option<f64>, unit: &str| Target {
             name: name.into(),
             goal: format!("≤ {goal}{unit}"),
-            measured: value.map_or("not run".into(), |v| format!("{v:.1}{unit}")),
+            measured: value.map_or("not run".into(), |v| {
+                if unit.is_empty() {
+                    // A ratio next to its bound: three digits, so that 0.504 does not read 0.50.
+                    format!("{v:.3}")
+                } else {
+                    format!("{v:.1}{unit}")
+                }
+            }),
             met: value.map(|v| v <= goal),
         };
+        let wal = self.wal.as_ref();
+        let wal_ack_p99 = wal.and_then(|w| w.latency.point(WAL_MODE, 1000).map(|p| p.ack.p99_ms));
         let ack_p99 = self.latency.as_ref().and_then(|l| {
             l.points
                 .iter()
@@ -149,8 +163,69 @@ impl Report {
                     .and_then(WritePathReport::one_message_added_percent),
                 " %",
             ),
+            at_most(
+                "WAL-mode enqueue ÷ table-mode enqueue, time added to a one-row transaction (p50)",
+                0.5,
+                wal.map(|w| w.write_cost.wal_vs_table_added),
+                "",
+            ),
+            ratio(
+                "WAL drain ÷ table drain, same backlog",
+                1.5,
+                wal.map(|w| w.drain.wal_vs_table),
+                "",
+            ),
+            at_most(
+                "WAL commit → ack p99 at 1,000 msg/s",
+                20.0,
+                wal_ack_p99,
+                " ms",
+            ),
         ];
     }
+}
+
+/// The latency chart of the latency part's modes and the WAL part's (a WAL part's table-mode run
+/// only when the latency part did not run), or `None` when neither ran.
+fn chart(report: &Report) -> Option<String> {
+    if report.latency.is_none() && report.wal.is_none() {
+        return None;
+    }
+    let mut points = Vec::new();
+    let mut floor: &[crate::latency::BrokerFloor] = &[];
+    let mut notes = Vec::new();
+    if let Some(latency) = &report.latency {
+        points.extend(latency.points.iter().cloned());
+        floor = &latency.broker_floor;
+        notes.push(format!(
+            "wake-ups: NOTIFY, poll {} ms; polling: poll {} ms",
+            latency.wake_up_poll_interval_ms, latency.polling_interval_ms
+        ));
+    }
+    if let Some(wal) = &report.wal {
+        if floor.is_empty() {
+            floor = &wal.latency.broker_floor;
+        }
+        let table_shown = points.iter().any(|p| p.mode == TABLE_MODE);
+        points.extend(
+            wal.latency
+                .points
+                .iter()
+                .filter(|p| !(table_shown && p.mode == TABLE_MODE))
+                .cloned(),
+        );
+        if !table_shown {
+            notes.push(format!(
+                "wake-ups: table mode, NOTIFY, poll {} ms",
+                wal.latency.poll_interval_ms
+            ));
+        }
+        notes.push(format!(
+            "wal: replication slot, poll {} ms",
+            wal.latency.poll_interval_ms
+        ));
+    }
+    Some(crate::chart::latency_svg(&points, floor, &notes.join("; ")))
 }
 
 /// Writes `contents` to `path`, naming the path on failure.
@@ -181,11 +256,8 @@ pub fn write(report: &Report, out: Option<PathBuf>) -> anyhow::Result<()> {
         (json.clone(), serde_json::to_string_pretty(report)?),
         (json.with_extension("md"), markdown.clone()),
     ];
-    if let Some(latency) = &report.latency {
-        files.push((
-            json.with_extension("svg"),
-            crate::chart::latency_svg(latency),
-        ));
+    if let Some(svg) = chart(report) {
+        files.push((json.with_extension("svg"), svg));
     }
     for (path, contents) in &files {
         write_file(path, contents)?;

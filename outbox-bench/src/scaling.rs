@@ -4,6 +4,7 @@
 
 use crate::Options;
 use crate::baselines::Throughput;
+use crate::capture::Capture;
 use crate::drain::relay_drain;
 use crate::env::Bench;
 
@@ -39,7 +40,7 @@ pub async fn run(bench: &Bench, options: &Options) -> anyhow::Result<ScalingRepo
     let mut points: Vec<ScalingPoint> = Vec::new();
     for relays in RELAYS {
         crate::progress(format!("scaling: {relays} relay(s) over {count} messages"));
-        let drain = relay_drain(bench, options, relays, count).await?;
+        let drain = relay_drain(bench, options, Capture::Table, relays, count).await?;
         let single = points
             .first()
             .map_or(drain.per_second, |p| p.drain.per_second);

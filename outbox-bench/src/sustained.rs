@@ -13,6 +13,7 @@ use outbox_postgres::PgOutbox;
 use sqlx::{Connection, PgConnection};
 
 use crate::Options;
+use crate::capture::Capture;
 use crate::env::Bench;
 use crate::relays::{self, RunningRelay};
 use crate::workload::{Load, write_paced};
@@ -146,9 +147,14 @@ struct ActiveDrain {
 impl ActiveDrain {
     async fn start(bench: &Bench, options: &Options, kind: Drain) -> anyhow::Result<Self> {
         if kind == Drain::Relay {
-            let relays =
-                relays::start_balanced(bench, 1, options.batch_size(), Duration::from_secs(1))
-                    .await?;
+            let relays = relays::start_balanced(
+                bench,
+                Capture::Table,
+                1,
+                options.batch_size(),
+                Duration::from_secs(1),
+            )
+            .await?;
             return Ok(Self {
                 drained: relays[0].settled.clone(),
                 relays,

@@ -10,6 +10,8 @@ use outbox_postgres::PgOutbox;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::capture::Capture;
+
 /// Payload size of every message.
 pub const PAYLOAD_BYTES: usize = 200;
 /// Distinct keys.
@@ -32,13 +34,19 @@ pub fn message(topic: &str, n: u64) -> anyhow::Result<Message> {
         .bytes(payload, "application/octet-stream")?)
 }
 
-/// Commits `count` messages in one transaction (so that nothing is visible, to a relay already
-/// running, before all of them are) and returns when the commit returned.
+/// Commits `count` messages of `capture` in one transaction (so that nothing is visible, to a
+/// relay already running, before all of them are) and returns when the commit returned.
 ///
 /// # Errors
 /// When the database fails.
-pub async fn fill_backlog(pool: &PgPool, topic: &str, count: u64) -> anyhow::Result<Instant> {
-    let quiet = PgOutbox::new().notify(false);
+pub async fn fill_backlog(
+    pool: &PgPool,
+    capture: Capture,
+    topic: &str,
+    count: u64,
+) -> anyhow::Result<Instant> {
+    let outbox = capture.outbox();
+    let quiet = outbox.clone().notify(false);
     let mut tx = pool.begin().await?;
     let mut next = 0;
     while next < count {
@@ -48,7 +56,7 @@ pub async fn fill_backlog(pool: &PgPool, topic: &str, count: u64) -> anyhow::Res
             .collect::<anyhow::Result<Vec<_>>>()?;
         if end == count {
             // One wake-up for the whole backlog, as a real writer's last transaction would send.
-            PgOutbox::new().enqueue_all(&mut tx, &chunk).await?;
+            outbox.enqueue_all(&mut tx, &chunk).await?;
         } else {
             quiet.enqueue_all(&mut tx, &chunk).await?;
         }

@@ -18,9 +18,12 @@ const WARM_UP_ROUNDS: u32 = 50;
 
 /// What a kind of transaction does besides its business row.
 #[derive(Debug, Clone, Copy)]
-enum Kind<'a> {
+pub enum Kind<'a> {
+    /// Nothing: the baseline.
     Alone,
+    /// `SELECT 1`: one more round trip.
     RoundTrip,
+    /// Enqueues this many messages through this outbox (table or WAL mode).
     Enqueue(usize, &'a PgOutbox),
 }
 
@@ -44,6 +47,9 @@ pub struct WriteKind {
     pub latency: Summary,
     /// Median over the business-row-only median, minus one, in percent.
     pub added_percent: f64,
+    /// Median minus the business-row-only median, in ms.
+    #[serde(default)]
+    pub added_ms: f64,
 }
 
 /// Results of the write-path part.
@@ -67,22 +73,40 @@ impl WritePathReport {
 /// # Errors
 /// When the database fails.
 pub async fn run(bench: &Bench, options: &Options) -> anyhow::Result<WritePathReport> {
-    bench.reset().await?;
     let iterations = options.write_path_iterations();
     crate::progress(format!(
         "write path: {iterations} transactions of each kind"
     ));
     let (notify, quiet) = (PgOutbox::new(), PgOutbox::new().notify(false));
-    let kinds: [(&str, Kind<'_>); 5] = [
-        ("business row only", Kind::Alone),
-        ("+ 1 message", Kind::Enqueue(1, &notify)),
-        ("+ 1 message, no NOTIFY", Kind::Enqueue(1, &quiet)),
-        ("+ 10 messages", Kind::Enqueue(10, &notify)),
-        (
-            "+ SELECT 1 (one more round trip, no message)",
-            Kind::RoundTrip,
-        ),
-    ];
+    let kinds = measure(
+        bench,
+        iterations,
+        &[
+            ("business row only", Kind::Alone),
+            ("+ 1 message", Kind::Enqueue(1, &notify)),
+            ("+ 1 message, no NOTIFY", Kind::Enqueue(1, &quiet)),
+            ("+ 10 messages", Kind::Enqueue(10, &notify)),
+            (
+                "+ SELECT 1 (one more round trip, no message)",
+                Kind::RoundTrip,
+            ),
+        ],
+    )
+    .await?;
+    Ok(WritePathReport { iterations, kinds })
+}
+
+/// Runs `iterations` transactions of each of `kinds` (the first is the baseline the others are
+/// compared with) taking turns on one connection, after a warm-up, on an emptied outbox.
+///
+/// # Errors
+/// When the database fails.
+pub async fn measure(
+    bench: &Bench,
+    iterations: u32,
+    kinds: &[(&str, Kind<'_>)],
+) -> anyhow::Result<Vec<WriteKind>> {
+    bench.reset().await?;
     let mut conn = PgConnection::connect_with(&bench.connect).await?;
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); kinds.len()];
     let mut n = 0_u64;
@@ -109,16 +133,16 @@ pub async fn run(bench: &Bench, options: &Options) -> anyhow::Result<WritePathRe
     conn.close().await?;
     bench.reset().await?;
     let summaries: Vec<Summary> = samples.into_iter().map(Summary::of).collect();
-    let base = summaries[0].p50_ms;
-    let kinds = kinds
+    let base = summaries.first().map_or(0.0, |s| s.p50_ms);
+    Ok(kinds
         .iter()
         .zip(summaries)
         .map(|((name, kind), latency)| WriteKind {
             name: (*name).into(),
             messages: kind.messages(),
-            added_percent: (latency.p50_ms / base - 1.0) * 100.0,
+            added_percent: (latency.p50_ms / base.max(1e-9) - 1.0) * 100.0,
+            added_ms: latency.p50_ms - base,
             latency,
         })
-        .collect();
-    Ok(WritePathReport { iterations, kinds })
+        .collect())
 }
