@@ -255,7 +255,12 @@ impl Queue {
             self.delayed -= 1;
         }
         if let Some(seqs) = self.lanes.get_mut(&entry.lane) {
-            seqs.retain(|s| *s != seq);
+            // A settled window is the front of its lane, unless a retry waits before it.
+            if seqs.front() == Some(&seq) {
+                seqs.pop_front();
+            } else if let Some(at) = seqs.iter().position(|s| *s == seq) {
+                seqs.remove(at);
+            }
             if seqs.is_empty() {
                 self.lanes.remove(&entry.lane);
             }
