@@ -152,19 +152,7 @@ impl PgOutbox {
         } else {
             &self.queries.enqueue_quiet
         };
-        sqlx::query(sql)
-            .bind(c.ids)
-            .bind(c.slots)
-            .bind(c.topics)
-            .bind(c.keys)
-            .bind(c.event_types)
-            .bind(c.sources)
-            .bind(c.content_types)
-            .bind(c.payloads)
-            .bind(c.headers)
-            .bind(c.created_at)
-            .execute(conn)
-            .await?;
+        c.bind(sqlx::query(sql)).execute(conn).await?;
         Ok(())
     }
 

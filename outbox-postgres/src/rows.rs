@@ -83,6 +83,24 @@ pub(crate) struct Columns {
 }
 
 impl Columns {
+    /// Binds the message columns, in their order, as the first ten parameters of `query`.
+    pub(crate) fn bind(
+        self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.ids)
+            .bind(self.slots)
+            .bind(self.topics)
+            .bind(self.keys)
+            .bind(self.event_types)
+            .bind(self.sources)
+            .bind(self.content_types)
+            .bind(self.payloads)
+            .bind(self.headers)
+            .bind(self.created_at)
+    }
+
     /// The columns of `messages`; each one without a `traceparent` gets the trace context of the
     /// current span, if it has one (see [`outbox_core::trace`]).
     pub(crate) fn of(messages: &[Message]) -> Self {

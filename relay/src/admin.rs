@@ -17,7 +17,7 @@ use crate::cli::{
 use crate::connect;
 
 /// Connects one connection's pool and checks the tables exist.
-async fn open(args: &DatabaseArgs) -> anyhow::Result<(PgPool, outbox_postgres::Tables)> {
+pub(crate) async fn open(args: &DatabaseArgs) -> anyhow::Result<(PgPool, outbox_postgres::Tables)> {
     let tables = connect::tables(args)?;
     let pool = connect::database(args, 1).await?;
     connect::require_schema(&pool, &tables).await?;

@@ -6,16 +6,13 @@ use outbox_postgres::wal::{self, Created, SlotStatus};
 use serde_json::json;
 
 use crate::cli::{WalSlotArgs, WalStatusArgs};
-use crate::connect;
 
-/// Connects one connection, checks the tables exist, and reads the slot name.
+/// Reads the slot name, connects one connection, and checks the tables exist.
 async fn open(
     args: &WalSlotArgs,
 ) -> anyhow::Result<(sqlx::PgPool, outbox_postgres::Tables, SlotName)> {
     let slot = SlotName::new(&args.slot).context("invalid --slot")?;
-    let tables = connect::tables(&args.database)?;
-    let pool = connect::database(&args.database, 1).await?;
-    connect::require_schema(&pool, &tables).await?;
+    let (pool, tables) = crate::admin::open(&args.database).await?;
     Ok((pool, tables, slot))
 }
 

@@ -20,6 +20,27 @@ pub struct PgRelayStoreConfig {
 /// The longest retention accepted: a century.
 const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
+/// A lane count: a power of two from 1 to [`outbox_core::lane::SLOTS`].
+pub(crate) fn check_lanes(lanes: u32) -> Result<u32, Error> {
+    if !lanes.is_power_of_two() || lanes > outbox_core::lane::SLOTS {
+        return Err(Error::Config(format!(
+            "lanes must be a power of two from 1 to {}, got {lanes}",
+            outbox_core::lane::SLOTS
+        )));
+    }
+    Ok(lanes)
+}
+
+/// A lease: at least a second.
+pub(crate) fn check_lease(lease: Duration) -> Result<Duration, Error> {
+    if lease < Duration::from_secs(1) {
+        return Err(Error::Config(format!(
+            "lease must be at least 1s, got {lease:?}"
+        )));
+    }
+    Ok(lease)
+}
+
 impl Default for PgRelayStoreConfig {
     fn default() -> Self {
         Self {
@@ -48,13 +69,7 @@ impl PgRelayStoreConfig {
     /// # Errors
     /// [`Error::Config`] for any other value.
     pub fn lanes(mut self, lanes: u32) -> Result<Self, Error> {
-        if !lanes.is_power_of_two() || lanes > outbox_core::lane::SLOTS {
-            return Err(Error::Config(format!(
-                "lanes must be a power of two from 1 to {}, got {lanes}",
-                outbox_core::lane::SLOTS
-            )));
-        }
-        self.lanes = lanes;
+        self.lanes = check_lanes(lanes)?;
         Ok(self)
     }
 
@@ -81,12 +96,7 @@ impl PgRelayStoreConfig {
     /// # Errors
     /// [`Error::Config`] below 1 s.
     pub fn lease(mut self, lease: Duration) -> Result<Self, Error> {
-        if lease < Duration::from_secs(1) {
-            return Err(Error::Config(format!(
-                "lease must be at least 1s, got {lease:?}"
-            )));
-        }
-        self.lease = lease;
+        self.lease = check_lease(lease)?;
         Ok(self)
     }
 

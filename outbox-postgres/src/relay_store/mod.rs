@@ -28,6 +28,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
 
 pub use config::PgRelayStoreConfig;
+pub(crate) use config::{check_lanes, check_lease};
 pub(crate) use preflight::refuse_poolers;
 pub(crate) use session::session_limits;
 

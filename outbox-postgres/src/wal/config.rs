@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::slot::SlotName;
 use crate::error::Error;
+use crate::relay_store::{check_lanes, check_lease};
 use crate::tables::Tables;
 
 /// The prefix of the logical messages the library writes and the relay reads by default.
@@ -78,13 +79,7 @@ impl PgWalStoreConfig {
     /// # Errors
     /// [`Error::Config`] outside the range.
     pub fn lanes(mut self, lanes: u32) -> Result<Self, Error> {
-        if !lanes.is_power_of_two() || lanes > outbox_core::lane::SLOTS {
-            return Err(Error::Config(format!(
-                "lanes must be a power of two from 1 to {}, got {lanes}",
-                outbox_core::lane::SLOTS
-            )));
-        }
-        self.lanes = lanes;
+        self.lanes = check_lanes(lanes)?;
         Ok(self)
     }
 
@@ -94,12 +89,7 @@ impl PgWalStoreConfig {
     /// # Errors
     /// [`Error::Config`] below 1 s.
     pub fn lease(mut self, lease: Duration) -> Result<Self, Error> {
-        if lease < Duration::from_secs(1) {
-            return Err(Error::Config(format!(
-                "lease must be at least 1s, got {lease:?}"
-            )));
-        }
-        self.lease = lease;
+        self.lease = check_lease(lease)?;
         Ok(self)
     }
 

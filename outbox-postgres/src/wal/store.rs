@@ -425,17 +425,7 @@ impl PgWalStore {
         let c = Columns::untraced(&messages);
         let started = Instant::now();
         let conn = state.capture.as_mut().ok_or(Error::SessionLost)?;
-        sqlx::query(&self.queries.dead_letter)
-            .bind(c.ids)
-            .bind(c.slots)
-            .bind(c.topics)
-            .bind(c.keys)
-            .bind(c.event_types)
-            .bind(c.sources)
-            .bind(c.content_types)
-            .bind(c.payloads)
-            .bind(c.headers)
-            .bind(c.created_at)
+        c.bind(sqlx::query(&self.queries.dead_letter))
             .bind(dead.iter().map(|d| d.attempts as i32).collect::<Vec<_>>())
             .bind(dead.iter().map(|d| d.error.clone()).collect::<Vec<_>>())
             .execute(conn)

@@ -222,6 +222,12 @@ impl Drop for Stream {
     }
 }
 
+/// Hands the newest confirmed position to the client; returns whether more can come.
+fn forward(open: bool, client: &ReplicationClient, confirmed: &mut watch::Receiver<u64>) -> bool {
+    client.update_applied_lsn(Lsn(*confirmed.borrow_and_update()));
+    open
+}
+
 /// Moves events from the client to the store, reserving room first so that no event is held
 /// outside the bounded channel, and confirmations from the store to the client meanwhile.
 async fn pump(
@@ -237,8 +243,7 @@ async fn pump(
             biased;
             () = stop.cancelled() => break,
             changed = confirmed.changed(), if confirming => {
-                confirming = changed.is_ok();
-                client.update_applied_lsn(Lsn(*confirmed.borrow_and_update()));
+                confirming = forward(changed.is_ok(), &client, &mut confirmed);
                 continue;
             }
             permit = events.reserve() => match permit {
@@ -250,8 +255,7 @@ async fn pump(
             biased;
             () = stop.cancelled() => break,
             changed = confirmed.changed(), if confirming => {
-                confirming = changed.is_ok();
-                client.update_applied_lsn(Lsn(*confirmed.borrow_and_update()));
+                confirming = forward(changed.is_ok(), &client, &mut confirmed);
                 continue;
             }
             received = client.recv() => received,
