@@ -111,6 +111,11 @@ impl Bench {
             .buffer_messages(self.wal_buffer)?)
     }
 
+    /// The benchmark database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Empties the outbox and the business table between runs.
     ///
     /// # Errors

@@ -4,7 +4,7 @@
 //! `cargo run --release -p outbox-bench -- all` runs every part and writes a JSON file, a Markdown
 //! table and an SVG chart under `target/bench-results/`; `--quick` shrinks every size for a smoke
 //! run. Each part also runs alone (`drain`, `sustained`, `latency`, `write-path`, `scaling`,
-//! `wal`).
+//! `wal`, `peers`: Debezium's outbox event router next to the relay, from `scripts/peers.sh`).
 //! Services come from `DATABASE_URL` and `KAFKA_BROKERS` (`eval "$(scripts/services.sh)"`).
 
 use std::path::PathBuf;
@@ -23,8 +23,10 @@ mod env;
 mod latency;
 mod machine;
 mod markdown;
+mod markdown_peers;
 mod markdown_wal;
 mod observe;
+mod peers;
 mod receiver;
 mod relays;
 mod report;
@@ -65,6 +67,9 @@ enum Part {
     Scaling,
     /// WAL capture next to table mode, back to back: write cost, drain and latency.
     Wal,
+    /// Debezium's outbox event router next to the relay (table and WAL mode): drain, latency,
+    /// write cost, order and loss.
+    Peers,
     /// Renders the Markdown and the chart of an earlier run again from its JSON file (next to it),
     /// without running anything.
     Render {
@@ -292,6 +297,9 @@ async fn run_parts(
     }
     if wanted(Part::Wal) {
         report.wal = Some(wal::run(bench, options).await?);
+    }
+    if wanted(Part::Peers) {
+        report.peers = Some(peers::run(bench, options).await?);
     }
     report.check_targets();
     Ok(report)

@@ -80,6 +80,9 @@ pub fn render(report: &Report) -> String {
     if let Some(wal) = &report.wal {
         crate::markdown_wal::section(&mut md, wal);
     }
+    if let Some(peers) = &report.peers {
+        crate::markdown_peers::section(&mut md, peers);
+    }
     let rows = report
         .targets
         .iter()

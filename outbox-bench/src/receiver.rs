@@ -29,6 +29,20 @@ impl Receiver {
     /// # Errors
     /// When the consumer cannot be created or assigned.
     pub fn start(kafka: &ClientConfig, topic: &str, partitions: i32) -> anyhow::Result<Self> {
+        Self::start_with(kafka, topic, partitions, "ce_id")
+    }
+
+    /// Starts consuming every partition of `topic` from the beginning, the message's id in the
+    /// header `header` (`ce_id` for the relay, `id` for Debezium; quotes around it are ignored).
+    ///
+    /// # Errors
+    /// When the consumer cannot be created or assigned.
+    pub fn start_with(
+        kafka: &ClientConfig,
+        topic: &str,
+        partitions: i32,
+        header: &'static str,
+    ) -> anyhow::Result<Self> {
         let mut config = kafka.clone();
         config
             .set("group.id", format!("bench-{}", Uuid::now_v7().simple()))
@@ -52,9 +66,14 @@ impl Receiver {
                 let message = polled.context("consuming the latency topic failed")?;
                 let id = message
                     .headers()
-                    .and_then(|headers| headers.iter().find(|h| h.key == "ce_id"))
+                    .and_then(|headers| headers.iter().find(|h| h.key == header))
                     .and_then(|h| h.value)
-                    .and_then(|value| Uuid::try_parse_ascii(value).ok());
+                    .and_then(|value| {
+                        let start = usize::from(value.first() == Some(&b'"'));
+                        let end = value.len()
+                            - usize::from(value.len() > start && value.last() == Some(&b'"'));
+                        Uuid::try_parse_ascii(&value[start..end]).ok()
+                    });
                 if let Some(id) = id {
                     clock
                         .lock()

@@ -65,6 +65,9 @@ pub struct Report {
     /// Part 6: WAL capture next to table mode.
     #[serde(default)]
     pub wal: Option<WalReport>,
+    /// Part 7: Debezium next to the relay.
+    #[serde(default)]
+    pub peers: Option<crate::peers::PeersReport>,
     /// The targets, checked.
     pub targets: Vec<Target>,
     /// Load averages when the run ended (the machine is shared: compare with the start's).
@@ -95,6 +98,7 @@ impl Report {
             write_path: None,
             scaling: None,
             wal: None,
+            peers: None,
             targets: Vec::new(),
             load_average_at_end: String::new(),
         }

@@ -75,6 +75,48 @@ pub enum Extra<'a> {
     RoundTrip,
     /// Enqueue these messages through this outbox.
     Enqueue(&'a PgOutbox, &'a [Message]),
+    /// Insert these messages into Debezium's outbox table (`peers`).
+    Debezium(&'a [Message]),
+}
+
+/// Where a paced writer's messages go.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// Our outbox (table or WAL mode).
+    Outbox(PgOutbox),
+    /// Debezium's outbox table.
+    Debezium,
+}
+
+/// Inserts `messages` into Debezium's outbox table: aggregatetype = the topic, aggregateid = the
+/// key, payload = the payload's bytes.
+///
+/// # Errors
+/// When the database fails.
+pub async fn debezium_insert(conn: &mut PgConnection, messages: &[Message]) -> anyhow::Result<()> {
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
+    let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
+    let keys: Vec<String> = messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.key.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    let types: Vec<&str> = messages
+        .iter()
+        .map(|m| m.event_type.as_deref().unwrap_or("event"))
+        .collect();
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+    sqlx::query(
+        "INSERT INTO debezium_outbox (id, aggregatetype, aggregateid, type, payload) \
+         SELECT * FROM UNNEST($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::bytea[])",
+    )
+    .bind(&ids)
+    .bind(&topics)
+    .bind(&keys)
+    .bind(&types)
+    .bind(&payloads)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// One business transaction: a row in `bench_orders` and `extra`. Returns how long it took, `BEGIN`
@@ -100,6 +142,7 @@ pub async fn business_tx(
             sqlx::query("SELECT 1").execute(&mut *tx).await?;
         }
         Extra::Enqueue(outbox, messages) => outbox.enqueue_all(&mut tx, messages).await?,
+        Extra::Debezium(messages) => debezium_insert(&mut tx, messages).await?,
     }
     tx.commit().await?;
     Ok(started.elapsed())
@@ -123,6 +166,8 @@ pub struct Written {
     pub elapsed: Duration,
     /// Message id and the instant its commit returned, when asked for.
     pub commits: Vec<(Uuid, Instant)>,
+    /// Message id and its number (its key is the number mod [`KEYS`]), when asked for.
+    pub numbers: Vec<(Uuid, u64)>,
 }
 
 impl Written {
@@ -147,6 +192,23 @@ pub async fn write_paced(
     committed: &Arc<AtomicU64>,
     record: bool,
 ) -> anyhow::Result<Written> {
+    let sink = Sink::Outbox(outbox.clone());
+    write_paced_to(pool, &sink, topic, load, connections, committed, record).await
+}
+
+/// [`write_paced`] into `sink`.
+///
+/// # Errors
+/// When a transaction fails.
+pub async fn write_paced_to(
+    pool: &PgPool,
+    sink: &Sink,
+    topic: &str,
+    load: Load,
+    connections: usize,
+    committed: &Arc<AtomicU64>,
+    record: bool,
+) -> anyhow::Result<Written> {
     let total = (load.rate * load.duration.as_secs_f64()).round() as u64;
     let next = Arc::new(AtomicU64::new(0));
     // Connect first: the schedule starts once every writer is ready, or the time spent connecting
@@ -158,14 +220,14 @@ pub async fn write_paced(
     let start = tokio::time::Instant::now();
     let mut tasks = Vec::with_capacity(connections);
     for mut conn in conns {
-        let (next, committed, outbox, topic) = (
+        let (next, committed, sink, topic) = (
             next.clone(),
             committed.clone(),
-            outbox.clone(),
+            sink.clone(),
             topic.to_owned(),
         );
         tasks.push(tokio::spawn(async move {
-            let (mut count, mut commits) = (0_u64, Vec::new());
+            let (mut count, mut commits, mut numbers) = (0_u64, Vec::new(), Vec::new());
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
@@ -176,27 +238,28 @@ pub async fn write_paced(
                 let message = message(&topic, i)?;
                 let id = message.id;
                 let messages = [message];
-                business_tx(
-                    &mut conn,
-                    (i % KEYS) as i32,
-                    Extra::Enqueue(&outbox, &messages),
-                )
-                .await?;
+                let extra = match &sink {
+                    Sink::Outbox(outbox) => Extra::Enqueue(outbox, &messages),
+                    Sink::Debezium => Extra::Debezium(&messages),
+                };
+                business_tx(&mut conn, (i % KEYS) as i32, extra).await?;
                 committed.fetch_add(1, Ordering::Relaxed);
                 count += 1;
                 if record {
                     commits.push((id, Instant::now()));
+                    numbers.push((id, i));
                 }
             }
             conn.close().await?;
-            anyhow::Ok((count, commits))
+            anyhow::Ok((count, commits, numbers))
         }));
     }
     let mut written = Written::default();
     for task in tasks {
-        let (count, commits) = task.await??;
+        let (count, commits, numbers) = task.await??;
         written.committed += count;
         written.commits.extend(commits);
+        written.numbers.extend(numbers);
     }
     written.elapsed = start.elapsed();
     Ok(written)

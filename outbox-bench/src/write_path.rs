@@ -25,12 +25,15 @@ pub enum Kind<'a> {
     RoundTrip,
     /// Enqueues this many messages through this outbox (table or WAL mode).
     Enqueue(usize, &'a PgOutbox),
+    /// Inserts one row into Debezium's outbox table.
+    Debezium,
 }
 
 impl Kind<'_> {
     fn messages(self) -> usize {
         match self {
             Self::Enqueue(count, _) => count,
+            Self::Debezium => 1,
             Self::Alone | Self::RoundTrip => 0,
         }
     }
@@ -123,6 +126,7 @@ pub async fn measure(
                 Kind::Alone => Extra::Nothing,
                 Kind::RoundTrip => Extra::RoundTrip,
                 Kind::Enqueue(_, outbox) => Extra::Enqueue(outbox, &messages),
+                Kind::Debezium => Extra::Debezium(&messages),
             };
             let took = business_tx(&mut conn, (n % 1000) as i32, extra).await?;
             if round >= WARM_UP_ROUNDS {

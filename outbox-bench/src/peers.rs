@@ -1,0 +1,459 @@
+//! Part 7, peers: Debezium's outbox event router (`scripts/peers.sh`) next to the relay, on the
+//! same PostgreSQL and Kafka, with one end condition for both: a consumer of the topic.
+//!
+//! * write cost: the write-path part's method, `enqueue` against an insert into Debezium's table;
+//! * drain: a committed backlog, commit → the last record read by the consumer;
+//! * latency: paced writers, commit → receipt by the consumer;
+//! * order and loss: per key, the first receipts in commit order, and nothing missing.
+//!
+//! Debezium runs in the benchmark's database (its own slot and publication) and routes each row to
+//! the topic named by its `aggregatetype`; it is started before anything is written and stopped
+//! (slot dropped) at the end of the part.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::Options;
+use crate::baselines::Throughput;
+use crate::capture::Capture;
+use crate::env::Bench;
+use crate::observe::drain_clock;
+use crate::receiver::Receiver;
+use crate::relays;
+use crate::stats::Summary;
+use crate::workload::{KEYS, Load, Sink, debezium_insert, message, write_paced_to};
+use crate::write_path::{self, Kind, WriteKind};
+use uuid::Uuid;
+
+const TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS public.debezium_outbox (
+    id uuid PRIMARY KEY, aggregatetype varchar(255) NOT NULL,
+    aggregateid varchar(255) NOT NULL, type varchar(255) NOT NULL, payload bytea)";
+/// Longest wait for the consumer to have read everything.
+const READ_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Who publishes the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Relay(Capture),
+    Debezium,
+}
+
+impl Peer {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Relay(Capture::Table) => "relay, table mode",
+            Self::Relay(Capture::Wal) => "relay, WAL mode",
+            Self::Debezium => "Debezium",
+        }
+    }
+
+    fn sink(self) -> Sink {
+        match self {
+            Self::Relay(capture) => Sink::Outbox(capture.outbox()),
+            Self::Debezium => Sink::Debezium,
+        }
+    }
+}
+
+/// Order and loss as the consumer saw them.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct Delivery {
+    /// Messages committed.
+    pub committed: u64,
+    /// Committed messages never read.
+    pub missing: u64,
+    /// Records read more than once.
+    pub duplicates: u64,
+    /// Keys whose first receipts were not in commit order.
+    pub reordered_keys: u64,
+}
+
+impl Delivery {
+    /// Nothing missing and nothing out of order.
+    pub fn ok(&self) -> bool {
+        self.missing == 0 && self.reordered_keys == 0
+    }
+}
+
+/// One measurement of one peer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PeerPoint {
+    /// Who published.
+    pub peer: String,
+    /// Offered msg/s; 0 for the drain.
+    pub offered: u32,
+    /// Drain: commit → last record read; latency: committed msg/s.
+    pub throughput: Throughput,
+    /// Commit → receipt (latency runs).
+    pub receipt: Summary,
+    /// Order and loss.
+    pub delivery: Delivery,
+}
+
+/// Results of the peers part.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct PeersReport {
+    /// Debezium's instance directory (its log is `debezium.log` in it).
+    pub debezium_dir: String,
+    /// Why Debezium could not be measured, if it could not.
+    pub debezium_error: Option<String>,
+    /// Write cost: business row alone, + enqueue, + Debezium insert.
+    pub write_cost: Vec<WriteKind>,
+    /// Drains of the same backlog.
+    pub drain: Vec<PeerPoint>,
+    /// Latency runs.
+    pub latency: Vec<PeerPoint>,
+}
+
+/// Runs the peers part; a Debezium that does not start is reported, not an error.
+///
+/// # Errors
+/// When a service fails while measuring the relay.
+pub async fn run(bench: &Bench, options: &Options) -> anyhow::Result<PeersReport> {
+    sqlx::raw_sql(TABLE_SQL).execute(&bench.pool).await?;
+    let dir = PathBuf::from("target/bench-results").join(format!("peers-{}", bench.name()));
+    std::fs::create_dir_all(&dir)?;
+    let mut report = PeersReport {
+        debezium_dir: dir.display().to_string(),
+        ..PeersReport::default()
+    };
+    report.write_cost = write_cost(bench, options).await?;
+    let mut peers = vec![Peer::Relay(Capture::Table), Peer::Relay(Capture::Wal)];
+    match peers_sh(bench, options, "start", &dir) {
+        Ok(()) => peers.push(Peer::Debezium),
+        Err(error) => {
+            let text = format!("{error:#}; log: {}/debezium.log", dir.display());
+            crate::progress(format!("peers: Debezium did not start: {text}"));
+            report.debezium_error = Some(text);
+        }
+    }
+    crate::slot::create(bench).await?;
+    let result = measure(bench, options, &peers, &mut report).await;
+    if let Err(error) = crate::slot::drop(bench).await {
+        crate::progress(format!("could not drop slot {}: {error:#}", bench.slot));
+    }
+    if peers.contains(&Peer::Debezium)
+        && let Err(error) = peers_sh(bench, options, "stop", &dir)
+    {
+        crate::progress(format!("peers: stopping Debezium failed: {error:#}"));
+    }
+    result.map(|()| report)
+}
+
+async fn measure(
+    bench: &Bench,
+    options: &Options,
+    peers: &[Peer],
+    report: &mut PeersReport,
+) -> anyhow::Result<()> {
+    let mut peers = peers.to_vec();
+    for peer in peers.clone() {
+        let point = drain(bench, options, peer).await;
+        match point {
+            Ok(point)
+                if peer == Peer::Debezium && point.delivery.missing == point.delivery.committed =>
+            {
+                report.debezium_error = Some("Debezium published nothing of the drain's backlog; its latency runs are skipped".into());
+                report.drain.push(point);
+                peers.retain(|p| *p != Peer::Debezium);
+            }
+            Ok(point) => report.drain.push(point),
+            Err(error) if peer == Peer::Debezium => {
+                report.debezium_error = Some(format!("drain: {error:#}"));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    for &offered in options.loads() {
+        for &peer in &peers {
+            match latency(bench, options, peer, offered).await {
+                Ok(point) => report.latency.push(point),
+                Err(error) if peer == Peer::Debezium => {
+                    report.debezium_error = Some(format!("latency: {error:#}"));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `scripts/peers.sh COMMAND DIR` for the benchmark's database.
+fn peers_sh(bench: &Bench, options: &Options, command: &str, dir: &PathBuf) -> anyhow::Result<()> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/peers.sh");
+    let mut cmd = std::process::Command::new(script);
+    cmd.arg(command).arg(dir);
+    if command == "start" {
+        let name = bench.name();
+        cmd.arg(format!("DEBEZIUM_DATABASE={name}"))
+            .arg(format!("DEBEZIUM_SLOT={name}_debezium"))
+            .arg(format!("DEBEZIUM_PUBLICATION={name}_debezium"));
+    }
+    if let Some(url) = &options.database_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    if let Some(brokers) = &options.brokers {
+        cmd.env("KAFKA_BROKERS", brokers);
+    }
+    crate::progress(format!(
+        "peers: scripts/peers.sh {command} {}",
+        dir.display()
+    ));
+    let status = cmd.status().with_context(|| format!("running {script}"))?;
+    anyhow::ensure!(
+        status.success(),
+        "scripts/peers.sh {command} failed ({status})"
+    );
+    Ok(())
+}
+
+async fn write_cost(bench: &Bench, options: &Options) -> anyhow::Result<Vec<WriteKind>> {
+    let iterations = options.write_path_iterations();
+    crate::progress(format!(
+        "peers: write cost, {iterations} transactions of each kind"
+    ));
+    let (table, wal) = (Capture::Table.outbox(), Capture::Wal.outbox());
+    let kinds = write_path::measure(
+        bench,
+        iterations,
+        &[
+            ("business row only", Kind::Alone),
+            ("+ enqueue, table mode", Kind::Enqueue(1, &table)),
+            ("+ enqueue, WAL mode", Kind::Enqueue(1, &wal)),
+            ("+ insert into Debezium's outbox table", Kind::Debezium),
+        ],
+    )
+    .await?;
+    sqlx::raw_sql("TRUNCATE debezium_outbox")
+        .execute(&bench.pool)
+        .await?;
+    Ok(kinds)
+}
+
+/// A consumer of a fresh topic and, for the relay, a running relay.
+async fn setup(
+    bench: &Bench,
+    options: &Options,
+    peer: Peer,
+    part: &str,
+) -> anyhow::Result<(String, Receiver, Vec<relays::RunningRelay>)> {
+    bench.reset().await?;
+    sqlx::raw_sql("TRUNCATE debezium_outbox")
+        .execute(&bench.pool)
+        .await?;
+    let topic = bench.topic(part, options.partitions()).await?;
+    let header = if peer == Peer::Debezium {
+        "id"
+    } else {
+        "ce_id"
+    };
+    let consumer = Receiver::start_with(&bench.kafka, &topic, options.partitions(), header)?;
+    let running = match peer {
+        Peer::Relay(capture) => {
+            let poll = crate::latency::WAKE_UP_POLL;
+            match relays::start_balanced(bench, capture, 1, options.batch_size(), poll).await {
+                Ok(running) => running,
+                Err(error) => {
+                    consumer.stop()?;
+                    return Err(error);
+                }
+            }
+        }
+        Peer::Debezium => Vec::new(),
+    };
+    Ok((topic, consumer, running))
+}
+
+/// Waits until the consumer, which had read `before` records, read `ids` too (or the timeout);
+/// returns its receipts and the check.
+async fn collect(
+    consumer: &Receiver,
+    before: u64,
+    ids: &[(Uuid, u64)],
+) -> (Vec<(Uuid, Instant)>, Delivery) {
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while consumer.received() < before + ids.len() as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let receipts = drain_clock(&consumer.receipts);
+    (receipts.clone(), check(ids, &receipts))
+}
+
+/// `ids` in commit order with their key numbers, against the receipts in arrival order.
+fn check(ids: &[(Uuid, u64)], receipts: &[(Uuid, Instant)]) -> Delivery {
+    let position: HashMap<Uuid, (usize, u64)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, (id, key))| (*id, (i, *key)))
+        .collect();
+    let (mut seen, mut last, mut bad) = (HashSet::new(), HashMap::new(), HashSet::new());
+    let mut duplicates = 0;
+    for (id, _) in receipts {
+        let Some(&(index, key)) = position.get(id) else {
+            continue;
+        };
+        if !seen.insert(*id) {
+            duplicates += 1;
+            continue;
+        }
+        if last.insert(key, index).is_some_and(|before| before > index) {
+            bad.insert(key);
+        }
+    }
+    Delivery {
+        committed: ids.len() as u64,
+        missing: (ids.len() - seen.len()) as u64,
+        duplicates,
+        reordered_keys: bad.len() as u64,
+    }
+}
+
+async fn drain(bench: &Bench, options: &Options, peer: Peer) -> anyhow::Result<PeerPoint> {
+    let count = options.messages();
+    crate::progress(format!(
+        "peers: drain of {count} messages, {}",
+        peer.label()
+    ));
+    let (topic, consumer, running) = setup(bench, options, peer, "peers-drain").await?;
+    let result = async {
+        let mut ids = Vec::with_capacity(count as usize);
+        let mut tx = bench.pool.begin().await?;
+        let sink = peer.sink();
+        let mut next = 0;
+        while next < count {
+            let end = (next + 5_000).min(count);
+            let chunk = (next..end)
+                .map(|n| message(&topic, n))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            ids.extend(chunk.iter().zip(next..end).map(|(m, n)| (m.id, n % KEYS)));
+            match &sink {
+                Sink::Outbox(outbox) => outbox.enqueue_all(&mut tx, &chunk).await?,
+                Sink::Debezium => debezium_insert(&mut tx, &chunk).await?,
+            }
+            next = end;
+        }
+        tx.commit().await?;
+        let committed = Instant::now();
+        let (receipts, delivery) = collect(&consumer, 0, &ids).await;
+        let last = receipts
+            .iter()
+            .map(|(_, at)| *at)
+            .max()
+            .unwrap_or(committed);
+        let throughput = Throughput::new(count, last.saturating_duration_since(committed));
+        crate::progress(format!(
+            "  {:.0} msg/s to the consumer; {delivery:?}",
+            throughput.per_second
+        ));
+        anyhow::Ok(PeerPoint {
+            peer: peer.label().into(),
+            offered: 0,
+            throughput,
+            receipt: Summary::of(Vec::new()),
+            delivery,
+        })
+    }
+    .await;
+    relays::stop_all(running).await;
+    consumer.stop()?;
+    result
+}
+
+async fn latency(
+    bench: &Bench,
+    options: &Options,
+    peer: Peer,
+    offered: u32,
+) -> anyhow::Result<PeerPoint> {
+    crate::progress(format!("peers: latency at {offered}/s, {}", peer.label()));
+    let (topic, consumer, running) = setup(bench, options, peer, "peers-latency").await?;
+    let result = async {
+        let committed = Arc::new(AtomicU64::new(0));
+        let sink = peer.sink();
+        let warm = Load {
+            rate: 100.0,
+            duration: Duration::from_secs(1),
+        };
+        let (pool, writers) = (&bench.pool, options.writers());
+        let warmed = write_paced_to(pool, &sink, &topic, warm, writers, &committed, true).await?;
+        let warm_ids: Vec<(Uuid, u64)> = warmed.commits.iter().map(|(id, _)| (*id, 0)).collect();
+        collect(&consumer, 0, &warm_ids).await;
+        let before = consumer.received();
+        let load = Load {
+            rate: f64::from(offered),
+            duration: options.latency_window(),
+        };
+        let mut written =
+            write_paced_to(pool, &sink, &topic, load, writers, &committed, true).await?;
+        written.commits.sort_by_key(|(_, at)| *at);
+        let numbers: HashMap<Uuid, u64> = written.numbers.iter().copied().collect();
+        let keys: Vec<(Uuid, u64)> = written
+            .commits
+            .iter()
+            .filter_map(|(id, _)| numbers.get(id).map(|n| (*id, n % KEYS)))
+            .collect();
+        let (receipts, delivery) = collect(&consumer, before, &keys).await;
+        let commits: HashMap<Uuid, Instant> = written.commits.iter().copied().collect();
+        let receipt = Summary::of(
+            receipts
+                .iter()
+                .filter_map(|(id, at)| commits.get(id).map(|c| at.saturating_duration_since(*c)))
+                .collect(),
+        );
+        crate::progress(format!(
+            "  receipt p50 {:.1} p99 {:.1} max {:.1} ms; {delivery:?}",
+            receipt.p50_ms, receipt.p99_ms, receipt.max_ms
+        ));
+        anyhow::Ok(PeerPoint {
+            peer: peer.label().into(),
+            offered,
+            throughput: Throughput::new(written.committed, written.elapsed),
+            receipt,
+            delivery,
+        })
+    }
+    .await;
+    relays::stop_all(running).await;
+    consumer.stop()?;
+    result
+}
+
+/// Relay (table mode) ÷ Debezium: drain, p99 receipt at 1,000 msg/s, write cost added; with the
+/// targets. Only what both measured.
+pub fn ratios(r: &PeersReport) -> Vec<(&'static str, f64, &'static str)> {
+    let (relay, debezium) = ("relay, table mode", "Debezium");
+    let drain = |peer: &str| r.drain.iter().find(|p| p.peer == peer);
+    let p99 = |peer: &str| {
+        r.latency
+            .iter()
+            .find(|p| p.peer == peer && p.offered == 1000)
+    };
+    let added = |name: &str| r.write_cost.iter().find(|k| k.name.starts_with(name));
+    let mut out = Vec::new();
+    if let (Some(a), Some(b)) = (drain(relay), drain(debezium)) {
+        let value = a.throughput.per_second / b.throughput.per_second.max(1e-9);
+        out.push(("drain, relay ÷ Debezium", value, "≥ 2"));
+    }
+    if let (Some(a), Some(b)) = (p99(relay), p99(debezium)) {
+        let value = a.receipt.p99_ms / b.receipt.p99_ms.max(1e-9);
+        out.push((
+            "p99 commit → receipt at 1,000/s, relay ÷ Debezium",
+            value,
+            "≤ 0.2",
+        ));
+    }
+    if let (Some(a), Some(b)) = (added("+ enqueue, table"), added("+ insert into Debezium")) {
+        let value = a.latency.p50_ms / b.latency.p50_ms.max(1e-9);
+        out.push((
+            "write cost (p50 transaction), enqueue ÷ Debezium insert",
+            value,
+            "≤ 1",
+        ));
+    }
+    out
+}
