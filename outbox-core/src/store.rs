@@ -73,6 +73,14 @@ pub struct ClaimRequest<'a> {
     pub phases: usize,
 }
 
+impl ClaimRequest<'_> {
+    /// Whether a claim that took `messages` messages of `bytes` bytes so far may take one more of
+    /// `size` bytes: within both budgets, and the first one whatever its size.
+    pub fn admits(&self, messages: usize, bytes: u64, size: u64) -> bool {
+        messages < self.max_messages && (messages == 0 || bytes + size <= self.max_bytes)
+    }
+}
+
 /// A failed message that will be offered again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retry {

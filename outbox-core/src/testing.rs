@@ -270,9 +270,7 @@ impl StoreState {
         for index in chosen {
             let row = &self.rows[index];
             let size = row.stored.size();
-            if messages == request.max_messages
-                || (messages > 0 && bytes + size > request.max_bytes)
-            {
+            if !request.admits(messages, bytes, size) {
                 break;
             }
             messages += 1;

@@ -201,9 +201,7 @@ impl Queue {
                 continue;
             };
             let size = entry.stored.size();
-            if messages == request.max_messages
-                || (messages > 0 && bytes + size > request.max_bytes)
-            {
+            if !request.admits(messages, bytes, size) {
                 break;
             }
             messages += 1;
