@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use outbox_core::Message;
-use outbox_tests::private::{PrivateBroker, free_port, log_tail};
-use outbox_tests::{RelayProcess, TestDb, create_topic, http_get, init_logs};
+use outbox_tests::private::PrivateBroker;
+use outbox_tests::{ANY_PORT, RelayProcess, TestDb, create_topic, http_get, init_logs};
 use prometheus_parse::{Sample, Scrape, Value};
 use tokio::process::Command;
 use uuid::Uuid;
@@ -127,20 +127,6 @@ impl Metrics {
     }
 }
 
-/// Waits until the relay's listener answers `/healthz`.
-async fn wait_for_listener(address: &str, relay: &RelayProcess) -> anyhow::Result<()> {
-    for _ in 0..600 {
-        if let Ok((200, _)) = http_get(address, "/healthz").await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!(
-        "/healthz never answered; relay log:\n{}",
-        log_tail(&relay.log, 30)
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_move_while_relaying_and_the_oldest_age_falls_to_zero() -> anyhow::Result<()> {
     init_logs();
@@ -157,13 +143,12 @@ async fn metrics_move_while_relaying_and_the_oldest_age_falls_to_zero() -> anyho
     db.enqueue_committed(&messages).await?;
 
     // One message per batch keeps the backlog there for several seconds after the listener is up.
-    let address = format!("127.0.0.1:{}", free_port()?);
     let relay = RelayProcess::spawn(
         relay_program(),
         &db,
-        &["--metrics-address", &address, "--batch-size", "1"],
+        &["--metrics-address", ANY_PORT, "--batch-size", "1"],
     )?;
-    wait_for_listener(&address, &relay).await?;
+    let address = relay.metrics_address().await?;
     let during = Metrics::scrape(&address).await?;
     let backlog = during.value("outbox_backlog_messages", &[("topic", &topic)]);
     let oldest = during.value("outbox_oldest_message_age_seconds", &[("topic", &topic)]);
@@ -235,28 +220,14 @@ async fn readyz_turns_unready_when_the_broker_stops_and_ready_again_when_it_is_b
     init_logs();
     let db = TestDb::create().await?;
     let mut broker = PrivateBroker::start().await?;
-    let address = format!("127.0.0.1:{}", free_port()?);
     let relay = RelayProcess::spawn_with(
         relay_program(),
         &db.url,
         &broker.brokers(),
-        &["--metrics-address", &address],
+        &["--metrics-address", ANY_PORT],
     )?;
-    wait_for_listener(&address, &relay).await?;
-    let ready = |want: u16| {
-        let address = address.clone();
-        async move {
-            let mut last = (0, String::new());
-            for _ in 0..150 {
-                last = http_get(&address, "/readyz").await?;
-                if last.0 == want {
-                    return Ok(last.1);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            anyhow::bail!("/readyz never answered {want}; last: {} {}", last.0, last.1)
-        }
-    };
+    let address = relay.metrics_address().await?;
+    let ready = |want: u16| relay.wait_for_readiness(&address, want, Duration::from_secs(60));
     let body = ready(200).await?;
     assert!(
         body.contains("broker: ok") && body.contains("database: ok"),
@@ -306,9 +277,8 @@ async fn an_open_enqueuing_transaction_shows_as_horizon_lag_and_in_status_until_
     db.enqueue_committed(&[Message::builder(&topic).key("b").json(&"waiting")?])
         .await?;
 
-    let address = format!("127.0.0.1:{}", free_port()?);
-    let relay = RelayProcess::spawn(relay_program(), &db, &["--metrics-address", &address])?;
-    wait_for_listener(&address, &relay).await?;
+    let relay = RelayProcess::spawn(relay_program(), &db, &["--metrics-address", ANY_PORT])?;
+    let address = relay.metrics_address().await?;
     let mut lag = 0.0;
     for _ in 0..1200 {
         let metrics = Metrics::scrape(&address).await?;
@@ -372,21 +342,20 @@ async fn a_topic_whose_partition_count_changes_is_logged_and_counted() -> anyhow
     let topic = create_topic(2).await?;
     db.enqueue_committed(&[Message::builder(&topic).key("k").json(&1)?])
         .await?;
-    let address = format!("127.0.0.1:{}", free_port()?);
     // Statistics and metadata refreshed every half second and second, instead of 10 s and 5 min.
     let relay = RelayProcess::spawn(
         relay_program(),
         &db,
         &[
             "--metrics-address",
-            &address,
+            ANY_PORT,
             "-X",
             "statistics.interval.ms=500",
             "-X",
             "topic.metadata.refresh.interval.ms=1000",
         ],
     )?;
-    wait_for_listener(&address, &relay).await?;
+    let address = relay.metrics_address().await?;
     db.wait_until_drained(Duration::from_secs(30)).await?;
     let partitions =
         |metrics: &Metrics| metrics.value("outbox_topic_partitions", &[("topic", &topic)]);

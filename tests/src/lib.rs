@@ -504,10 +504,18 @@ impl RelayProcess {
 
     /// Waits until the relay's log contains `text`.
     pub async fn wait_for_log(&self, text: &str, within: Duration) -> anyhow::Result<()> {
+        self.wait_for_log_line(text, within).await.map(drop)
+    }
+
+    /// Waits until the relay logged a line containing `text`; returns that line, without its
+    /// terminal colours.
+    async fn wait_for_log_line(&self, text: &str, within: Duration) -> anyhow::Result<String> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if std::fs::read_to_string(&self.0.log).is_ok_and(|log| log.contains(text)) {
-                return Ok(());
+            if let Ok(log) = std::fs::read_to_string(&self.0.log)
+                && let Some(line) = log.lines().find(|line| line.contains(text))
+            {
+                return Ok(without_colours(line));
             }
             if tokio::time::Instant::now() > deadline {
                 bail!(
@@ -519,6 +527,66 @@ impl RelayProcess {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// The address the relay's `/metrics`, `/healthz` and `/readyz` listen on, once they do.
+    /// Start the relay with `--metrics-address` [`ANY_PORT`], so that no other program can take
+    /// its port between a choice and the bind.
+    pub async fn metrics_address(&self) -> anyhow::Result<String> {
+        let line = self
+            .wait_for_log_line(METRICS_LISTENING, Duration::from_secs(60))
+            .await?;
+        line.rsplit_once("address=")
+            .map(|(_, address)| address.trim().to_owned())
+            .with_context(|| format!("no address in the relay's log line `{line}`"))
+    }
+
+    /// Waits until `/readyz` at `address` answers `status`; returns the body. Fails with the
+    /// relay's log and the last answer when it does not within `within`.
+    pub async fn wait_for_readiness(
+        &self,
+        address: &str,
+        status: u16,
+        within: Duration,
+    ) -> anyhow::Result<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let answer = http_get(address, "/readyz").await;
+            match &answer {
+                Ok((got, body)) if *got == status => return Ok(body.clone()),
+                _ if tokio::time::Instant::now() > deadline => bail!(
+                    "/readyz at {address} did not answer {status} within {within:?}; the last answer: {answer:?}; the relay's log ({}):\n{}",
+                    self.0.log.display(),
+                    private::log_tail(&self.0.log, 30)
+                ),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+/// `--metrics-address` on a port the system chooses; [`RelayProcess::metrics_address`] tells which.
+pub const ANY_PORT: &str = "127.0.0.1:0";
+
+/// What the relay logs once its listener is bound, followed by `address=`.
+const METRICS_LISTENING: &str = "serving /metrics, /healthz and /readyz";
+
+/// `line` without the escape sequences of terminal colours.
+fn without_colours(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An SGR sequence: ESC [ parameters m.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 /// Runs the relay program to completion with `args` and without the services' variables; returns

@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use outbox_core::Message;
-use outbox_tests::private::free_port;
 use outbox_tests::{
-    RelayProcess, TestDb, create_topic, http_get, init_logs, run_relay_program_output, wal,
+    ANY_PORT, RelayProcess, TestDb, create_topic, init_logs, run_relay_program_output, wal,
 };
 
 use crate::relay_program;
@@ -14,23 +13,6 @@ use crate::relay_program;
 async fn relay_cli(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
     let (status, stdout, stderr) = run_relay_program_output(relay_program(), args).await?;
     Ok((status.success(), stdout, stderr))
-}
-
-/// Waits until `/readyz` at `address` answers `status`; returns the body.
-async fn wait_for_readiness(address: &str, status: u16) -> anyhow::Result<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok((got, body)) = http_get(address, "/readyz").await
-            && got == status
-        {
-            return Ok(body);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz at {address} did not answer {status} within 60s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -61,28 +43,29 @@ async fn the_slot_is_created_once_shown_with_its_reader_and_lag_and_dropped_only
         .collect::<Result<_, _>>()?;
     let slot_name = outbox_postgres::SlotName::new(&slot)?;
     wal::enqueue_committed(&db, &messages).await?;
-    let reader_address = format!("127.0.0.1:{}", free_port()?);
-    let standby_address = format!("127.0.0.1:{}", free_port()?);
-    let flags = |address: &str| {
-        let mut flags = wal::relay_flags(&slot_name);
-        flags.extend(["--lease", "4s", "--metrics-address", address].map(str::to_owned));
-        flags
-    };
-    let reader_flags = flags(&reader_address);
-    let reader_flags: Vec<&str> = reader_flags.iter().map(String::as_str).collect();
-    let reader = RelayProcess::spawn(relay_program(), &db, &reader_flags)?;
+    // A lease long enough that a busy machine does not expire it between two heartbeats (which
+    // would rightly hand the slot to the standby), short enough for a heartbeat within seconds.
+    let mut flags = wal::relay_flags(&slot_name);
+    flags.extend(["--lease", "12s", "--metrics-address", ANY_PORT].map(str::to_owned));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let readiness = Duration::from_secs(60);
+    let reader = RelayProcess::spawn(relay_program(), &db, &flags)?;
+    let reader_address = reader.metrics_address().await?;
     wal::wait_until_confirmed(&db, &slot_name, Duration::from_secs(60)).await?;
-    let body = wait_for_readiness(&reader_address, 200).await?;
+    let body = reader
+        .wait_for_readiness(&reader_address, 200, readiness)
+        .await?;
     assert!(
         body.contains(&format!("slot: ok (reading `{slot}`)")),
         "{body}"
     );
 
     // A second relay stands by, and says so.
-    let standby_flags = flags(&standby_address);
-    let standby_flags: Vec<&str> = standby_flags.iter().map(String::as_str).collect();
-    let standby = RelayProcess::spawn(relay_program(), &db, &standby_flags)?;
-    let body = wait_for_readiness(&standby_address, 503).await?;
+    let standby = RelayProcess::spawn(relay_program(), &db, &flags)?;
+    let standby_address = standby.metrics_address().await?;
+    let body = standby
+        .wait_for_readiness(&standby_address, 503, readiness)
+        .await?;
     assert!(body.contains("standing by"), "{body}");
 
     // The heartbeat (a quarter lease) reports the reader's progress.

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use outbox_core::Message;
 use outbox_postgres::{DeadLetterFilter, PgDeadLetters, Tables};
-use outbox_tests::private::free_port;
 use outbox_tests::{
-    RelayProcess, TestDb, create_topic, http_get, init_logs, read_topic, run_relay_program_output,
-    wal,
+    ANY_PORT, RelayProcess, TestDb, create_topic, http_get, init_logs, read_topic,
+    run_relay_program_output, wal,
 };
 
 use crate::relay_program;
@@ -51,11 +50,11 @@ async fn foreign_and_unreadable_logical_messages_are_skipped_or_kept_and_the_str
         .await?;
     wal::enqueue_committed(&db, std::slice::from_ref(&after)).await?;
 
-    let address = format!("127.0.0.1:{}", free_port()?);
     let mut flags = wal::relay_flags(&slot);
-    flags.extend(["--metrics-address".to_owned(), address.clone()]);
+    flags.extend(["--metrics-address", ANY_PORT].map(str::to_owned));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let relay = RelayProcess::spawn(relay_program(), &db, &flags)?;
+    let address = relay.metrics_address().await?;
     wal::wait_until_confirmed(&db, &slot, Duration::from_secs(60)).await?;
 
     let records = read_topic(&topic, 2, Duration::from_secs(5)).await?;
