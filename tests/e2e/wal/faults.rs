@@ -311,11 +311,13 @@ async fn of_two_relays_on_one_slot_one_reads_and_the_standby_takes_over_when_it_
     let slot = wal::create_slot(&db).await?;
     let topic = create_topic(6).await?;
     let brokers = services::brokers()?;
+    // The kill frees the lock at once; the lease only has to outlast a busy machine's pauses
+    // between heartbeats, which would otherwise rightly hand the slot over early.
     let flags = flags(
         &slot,
         &[
             "--lease",
-            "5s",
+            "10s",
             "--poll-interval",
             "100ms",
             "--batch-size",
