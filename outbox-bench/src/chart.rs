@@ -1,4 +1,5 @@
-//! The latency chart: latency against offered load, both on log scales, as a standalone SVG.
+//! The charts, as standalone SVG documents: latency against offered load (both on log scales) and
+//! rates as bars.
 
 use std::fmt::Write as _;
 
@@ -63,12 +64,16 @@ impl LogAxis {
     }
 }
 
-/// One line of the chart.
-struct Series {
-    label: String,
-    color: &'static str,
-    dash: &'static str,
-    points: Vec<(f64, f64)>,
+/// One line of a latency chart: (offered msg/s, ms) points.
+pub struct Series {
+    /// The legend's text.
+    pub label: String,
+    /// Its stroke colour.
+    pub color: &'static str,
+    /// Its `stroke-dasharray` ("" for a solid line).
+    pub dash: &'static str,
+    /// Its points.
+    pub points: Vec<(f64, f64)>,
 }
 
 /// A latency of a point, in ms.
@@ -136,7 +141,15 @@ fn label(value: f64) -> String {
 /// Renders `points` (one line per mode and metric) and the broker's own latency `floor` as an SVG
 /// document, with `note` (how each mode ran) under it.
 pub fn latency_svg(points: &[LatencyPoint], floor: &[BrokerFloor], note: &str) -> String {
-    let lines = series(points, floor);
+    lines_svg(
+        "Outbox latency against offered load",
+        &series(points, floor),
+        note,
+    )
+}
+
+/// Renders `lines` of latency against offered load, titled `title`, with `note` under them.
+pub fn lines_svg(title: &str, lines: &[Series], note: &str) -> String {
     let x = LogAxis::around(
         lines.iter().flat_map(|s| s.points.iter().map(|p| p.0)),
         LEFT,
@@ -155,7 +168,7 @@ pub fn latency_svg(points: &[LatencyPoint], floor: &[BrokerFloor], note: &str) -
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         svg,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">Outbox latency against offered load</text>"#,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{title}</text>"#,
         (LEFT + WIDTH - RIGHT) / 2.0
     );
     for tick in x.ticks() {
@@ -240,6 +253,105 @@ pub fn latency_svg(points: &[LatencyPoint], floor: &[BrokerFloor], note: &str) -
     svg
 }
 
+/// One bar: its label, its value and its colour.
+pub struct Bar {
+    /// Under the bar.
+    pub label: String,
+    /// Its height, in `unit`.
+    pub value: f64,
+    /// Its fill.
+    pub color: &'static str,
+}
+
+/// Renders `bars` on a linear axis from zero, titled `title`, each with its value above it in
+/// `unit`, and `note` under them.
+pub fn bars_svg(title: &str, bars: &[Bar], unit: &str, note: &str) -> String {
+    let high = bars.iter().map(|b| b.value).fold(0.0, f64::max).max(1e-9) * 1.15;
+    let (left, right, top, bottom) = (LEFT, 30.0, TOP, BOTTOM + 20.0);
+    let plot_width = WIDTH - left - right;
+    let plot_height = HEIGHT - top - bottom;
+    let slot = plot_width / bars.len().max(1) as f64;
+    let map = |value: f64| HEIGHT - bottom - value / high * plot_height;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{title}</text>"#,
+        left + plot_width / 2.0
+    );
+    let step = nice_step(high / 5.0);
+    let mut tick = 0.0;
+    while tick <= high {
+        let py = map(tick);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{left}" y1="{py:.1}" x2="{}" y2="{py:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{tick:.0}</text>"##,
+            WIDTH - right,
+            left - 6.0,
+            py + 4.0
+        );
+        tick += step;
+    }
+    for (index, bar) in bars.iter().enumerate() {
+        let x = left + slot * index as f64 + slot * 0.2;
+        let width = slot * 0.6;
+        let y = map(bar.value);
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{x:.1}" y="{y:.1}" width="{width:.1}" height="{:.1}" fill="{}"/>"#,
+            HEIGHT - bottom - y,
+            bar.color
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{:.0} {unit}</text>"#,
+            x + width / 2.0,
+            y - 6.0,
+            bar.value
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            x + width / 2.0,
+            HEIGHT - bottom + 18.0,
+            bar.label
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<line x1="{left}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="black"/>"#,
+        HEIGHT - bottom,
+        WIDTH - right,
+        HEIGHT - bottom
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text transform="translate(18 {}) rotate(-90)" text-anchor="middle">{unit}</text>"#,
+        top + plot_height / 2.0
+    );
+    let _ = writeln!(
+        svg,
+        r##"<text x="{left}" y="{}" font-size="11" fill="#555">{note}</text>"##,
+        HEIGHT - 4.0
+    );
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// 1, 2 or 5 times a power of ten, at least `rough`.
+fn nice_step(rough: f64) -> f64 {
+    let decade = 10f64.powf(rough.max(1e-9).log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|factor| factor * decade)
+        .find(|step| *step >= rough)
+        .unwrap_or(10.0 * decade)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +363,23 @@ mod tests {
         assert!((axis.map(100.0) - 0.0).abs() < 1e-9);
         assert!((axis.map(1000.0) - 150.0).abs() < 1e-9);
         assert_eq!(axis.ticks().len(), 7, "100 200 500 1000 2000 5000 10000");
+    }
+
+    #[test]
+    fn bar_ticks_are_round_numbers() {
+        assert!((nice_step(1_300.0) - 2_000.0).abs() < 1e-9);
+        assert!((nice_step(4_000.0) - 5_000.0).abs() < 1e-9);
+        assert!((nice_step(9_000.0) - 10_000.0).abs() < 1e-9);
+        let svg = bars_svg(
+            "drain",
+            &[Bar {
+                label: "relay".into(),
+                value: 12_000.0,
+                color: "#1f77b4",
+            }],
+            "msg/s",
+            "",
+        );
+        assert!(svg.contains("12000 msg/s") && svg.contains(">relay</text>"));
     }
 }

@@ -39,6 +39,8 @@ pub struct Bench {
     pub slot: SlotName,
     /// Messages a WAL relay reads ahead: twice the in-flight budget, as `outbox-relay run` sets it.
     pub wal_buffer: usize,
+    /// Replicas of each topic created.
+    replication: i32,
     name: String,
     admin: PgConnectOptions,
 }
@@ -95,6 +97,7 @@ impl Bench {
             url: with_database(&url, &name),
             slot: SlotName::new(&name)?,
             wal_buffer: options.max_in_flight.saturating_mul(2).clamp(1, 1_000_000),
+            replication: options.replication_factor(),
             name,
             admin,
         })
@@ -142,7 +145,7 @@ impl Bench {
                 [&NewTopic::new(
                     &name,
                     partitions,
-                    TopicReplication::Fixed(1),
+                    TopicReplication::Fixed(self.replication),
                 )],
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
             )

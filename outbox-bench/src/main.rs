@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand};
 mod baselines;
 mod capture;
 mod chart;
+mod chart_peers;
 mod cpu;
 mod drain;
 mod env;
@@ -32,6 +33,7 @@ mod relays;
 mod report;
 mod scaling;
 mod slot;
+mod spread;
 mod stats;
 mod sustained;
 mod wal;
@@ -75,6 +77,13 @@ enum Part {
     Render {
         /// The JSON file of the run.
         json: PathBuf,
+    },
+    /// Prints, as Markdown, each target's lowest, median and highest value over several runs
+    /// (their JSON files), without running anything.
+    Spread {
+        /// The JSON files of the runs.
+        #[arg(required = true)]
+        json: Vec<PathBuf>,
     },
 }
 
@@ -138,6 +147,10 @@ pub struct Options {
     /// Partitions of every topic the benchmark creates.
     #[arg(long, global = true, default_value_t = 8)]
     partitions: i32,
+    /// Replicas of every topic the benchmark creates: 3 on the three-node cluster
+    /// (`scripts/bench.sh --cluster`), where `min.insync.replicas` is 2.
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=16))]
+    replication_factor: i32,
     /// Writer connections of the sustained and latency parts.
     #[arg(long, global = true, default_value_t = 16)]
     writers: usize,
@@ -227,6 +240,11 @@ impl Options {
         self.partitions
     }
 
+    /// Replicas per topic.
+    pub fn replication_factor(&self) -> i32 {
+        self.replication_factor
+    }
+
     /// Writer connections.
     pub fn writers(&self) -> usize {
         self.writers.max(1)
@@ -262,9 +280,15 @@ async fn run(part: Part, options: Options) -> anyhow::Result<()> {
     if let Part::Render { json } = &part {
         let text =
             std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
-        let report: report::Report = serde_json::from_str(&text)
+        let mut report: report::Report = serde_json::from_str(&text)
             .with_context(|| format!("{} is not the JSON of a run", json.display()))?;
+        // The targets as this version states them (an older run's file may lack some).
+        report.check_targets();
         return report::write(&report, Some(json.clone()));
+    }
+    if let Part::Spread { json } = &part {
+        print!("{}", spread::render(json)?);
+        return Ok(());
     }
     let bench = env::Bench::create(&options).await?;
     let result = run_parts(&part, &options, &bench).await;
@@ -301,6 +325,7 @@ async fn run_parts(
     if wanted(Part::Peers) {
         report.peers = Some(peers::run(bench, options).await?);
     }
+    report.load_average_at_end = machine::load_average();
     report.check_targets();
     Ok(report)
 }

@@ -59,8 +59,8 @@ pub fn render(report: &Report) -> String {
     };
     let _ = writeln!(
         md,
-        "Messages of {} bytes over {} keys, batch size {}, {} partitions per topic, {} writer connections, {properties}.\n",
-        s.payload_bytes, s.keys, s.batch_size, s.partitions, s.writers
+        "Messages of {} bytes over {} keys, batch size {}, {} partitions per topic with {} replica(s), {} writer connections, {properties}.\n",
+        s.payload_bytes, s.keys, s.batch_size, s.partitions, s.replication_factor, s.writers
     );
     if let Some(drain) = &report.drain {
         drain_section(&mut md, drain);

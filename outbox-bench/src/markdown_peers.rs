@@ -1,5 +1,5 @@
-//! The peers part's results as Markdown: Debezium next to the relay, with the relay ÷ Debezium
-//! ratios and their targets.
+//! The peers part's results as Markdown: Debezium next to the relay and the broker alone (the
+//! relay ÷ Debezium ratios are among the report's targets).
 
 use crate::markdown;
 use crate::peers::{PeerPoint, PeersReport};
@@ -49,13 +49,24 @@ pub fn section(md: &mut String, r: &PeersReport) {
             String::new(),
         ]
     }));
-    let mut note = match &r.debezium_error {
-        Some(error) => format!("Debezium: **{error}** (instance {}). ", r.debezium_dir),
-        None => String::new(),
+    rows.extend(r.broker_floor.iter().map(|f| {
+        vec![
+            "the broker alone".into(),
+            format!("send → ack at {}/s", f.offered),
+            format!(
+                "p50 {:.1} / p99 {:.1} / max {:.1} ms",
+                f.ack.p50_ms, f.ack.p99_ms, f.ack.max_ms
+            ),
+            String::new(),
+        ]
+    }));
+    let note = match &r.debezium_error {
+        Some(error) => format!(
+            "Debezium: **{error}** (instance {}). The relay ÷ Debezium ratios are with the targets.",
+            r.debezium_dir
+        ),
+        None => "The relay ÷ Debezium ratios are with the targets.".into(),
     };
-    for (name, value, goal) in crate::peers::ratios(r) {
-        note.push_str(&format!("{name}: **{value:.2}** (target {goal}). "));
-    }
     markdown::section(
         md,
         "Debezium next to the relay (commit → read by a consumer of the topic)",

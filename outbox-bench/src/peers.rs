@@ -25,6 +25,7 @@ use crate::env::Bench;
 use crate::observe::drain_clock;
 use crate::receiver::Receiver;
 use crate::relays;
+use crate::report::Bound;
 use crate::stats::Summary;
 use crate::workload::{KEYS, Load, Sink, debezium_insert, message, write_paced_to};
 use crate::write_path::{self, Kind, WriteKind};
@@ -33,6 +34,10 @@ use uuid::Uuid;
 const TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS public.debezium_outbox (
     id uuid PRIMARY KEY, aggregatetype varchar(255) NOT NULL,
     aggregateid varchar(255) NOT NULL, type varchar(255) NOT NULL, payload bytea)";
+/// The write-cost kinds that the ratios compare.
+const ENQUEUE_TABLE: &str = "+ enqueue, table mode";
+const ENQUEUE_WAL: &str = "+ enqueue, WAL mode";
+const DEBEZIUM_INSERT: &str = "+ insert into Debezium's outbox table";
 /// Longest wait for the consumer to have read everything.
 const READ_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -108,6 +113,9 @@ pub struct PeersReport {
     pub drain: Vec<PeerPoint>,
     /// Latency runs.
     pub latency: Vec<PeerPoint>,
+    /// The broker alone at the same loads: send → acknowledgement.
+    #[serde(default)]
+    pub broker_floor: Vec<crate::latency::BrokerFloor>,
 }
 
 /// Runs the peers part; a Debezium that does not start is reported, not an error.
@@ -123,6 +131,7 @@ pub async fn run(bench: &Bench, options: &Options) -> anyhow::Result<PeersReport
         ..PeersReport::default()
     };
     report.write_cost = write_cost(bench, options).await?;
+    report.broker_floor = crate::latency::broker_floor(bench, options).await?;
     let mut peers = vec![Peer::Relay(Capture::Table), Peer::Relay(Capture::Wal)];
     match peers_sh(bench, options, "start", &dir) {
         Ok(()) => peers.push(Peer::Debezium),
@@ -223,9 +232,9 @@ async fn write_cost(bench: &Bench, options: &Options) -> anyhow::Result<Vec<Writ
         iterations,
         &[
             ("business row only", Kind::Alone),
-            ("+ enqueue, table mode", Kind::Enqueue(1, &table)),
-            ("+ enqueue, WAL mode", Kind::Enqueue(1, &wal)),
-            ("+ insert into Debezium's outbox table", Kind::Debezium),
+            (ENQUEUE_TABLE, Kind::Enqueue(1, &table)),
+            (ENQUEUE_WAL, Kind::Enqueue(1, &wal)),
+            (DEBEZIUM_INSERT, Kind::Debezium),
         ],
     )
     .await?;
@@ -423,36 +432,49 @@ async fn latency(
     result
 }
 
-/// Relay (table mode) ÷ Debezium: drain, p99 receipt at 1,000 msg/s, write cost added; with the
-/// targets. Only what both measured.
-pub fn ratios(r: &PeersReport) -> Vec<(&'static str, f64, &'static str)> {
-    let (relay, debezium) = ("relay, table mode", "Debezium");
-    let drain = |peer: &str| r.drain.iter().find(|p| p.peer == peer);
-    let p99 = |peer: &str| {
-        r.latency
-            .iter()
-            .find(|p| p.peer == peer && p.offered == 1000)
+/// Relay ÷ Debezium, for each capture mode: drain, p99 receipt at 1,000 msg/s, write cost
+/// added; with their bounds. A ratio is `None` when the part did not run or a side is missing.
+pub fn ratios(r: Option<&PeersReport>) -> Vec<(String, Option<f64>, Bound)> {
+    let debezium = "Debezium";
+    let drain = |peer: &str| {
+        r.and_then(|r| r.drain.iter().find(|p| p.peer == peer))
+            .map(|p| p.throughput.per_second)
     };
-    let added = |name: &str| r.write_cost.iter().find(|k| k.name.starts_with(name));
+    let p99 = |peer: &str| {
+        r.and_then(|r| {
+            r.latency
+                .iter()
+                .find(|p| p.peer == peer && p.offered == 1000)
+        })
+        .map(|p| p.receipt.p99_ms)
+    };
+    let written = |name: &str| {
+        r.and_then(|r| r.write_cost.iter().find(|k| k.name == name))
+            .map(|k| k.latency.p50_ms)
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
     let mut out = Vec::new();
-    if let (Some(a), Some(b)) = (drain(relay), drain(debezium)) {
-        let value = a.throughput.per_second / b.throughput.per_second.max(1e-9);
-        out.push(("drain, relay ÷ Debezium", value, "≥ 2"));
-    }
-    if let (Some(a), Some(b)) = (p99(relay), p99(debezium)) {
-        let value = a.receipt.p99_ms / b.receipt.p99_ms.max(1e-9);
+    for (mode, peer, enqueue) in [
+        ("table", Peer::Relay(Capture::Table), ENQUEUE_TABLE),
+        ("WAL", Peer::Relay(Capture::Wal), ENQUEUE_WAL),
+    ] {
         out.push((
-            "p99 commit → receipt at 1,000/s, relay ÷ Debezium",
-            value,
-            "≤ 0.2",
+            format!("drain, relay ({mode}) ÷ Debezium"),
+            ratio(drain(peer.label()), drain(debezium)),
+            Bound::AtLeast(2.0),
         ));
-    }
-    if let (Some(a), Some(b)) = (added("+ enqueue, table"), added("+ insert into Debezium")) {
-        let value = a.latency.p50_ms / b.latency.p50_ms.max(1e-9);
         out.push((
-            "write cost (p50 transaction), enqueue ÷ Debezium insert",
-            value,
-            "≤ 1",
+            format!("p99 commit → receipt at 1,000/s, relay ({mode}) ÷ Debezium"),
+            ratio(p99(peer.label()), p99(debezium)),
+            Bound::AtMost(0.2),
+        ));
+        out.push((
+            format!("write cost (p50 transaction), enqueue ({mode}) ÷ Debezium insert"),
+            ratio(written(enqueue), written(DEBEZIUM_INSERT)),
+            Bound::AtMost(1.0),
         ));
     }
     out

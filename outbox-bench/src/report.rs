@@ -22,8 +22,43 @@ pub struct Target {
     pub goal: String,
     /// What this run measured.
     pub measured: String,
+    /// What this run measured, as a number; `None` when the part did not run.
+    #[serde(default)]
+    pub value: Option<f64>,
     /// Whether it was met; `None` when the part did not run.
     pub met: Option<bool>,
+}
+
+/// A target's bound on a measured value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bound {
+    /// The value must be at least this.
+    AtLeast(f64),
+    /// The value must be at most this.
+    AtMost(f64),
+}
+
+impl Bound {
+    /// A target named `name` for `value` (in `unit`; "" for a ratio), checked against this bound.
+    pub fn target(self, name: &str, value: Option<f64>, unit: &str) -> Target {
+        let (sign, goal, met) = match self {
+            Self::AtLeast(goal) => ("≥", goal, value.map(|v| v >= goal)),
+            Self::AtMost(goal) => ("≤", goal, value.map(|v| v <= goal)),
+        };
+        let measured = value.map_or("not run".into(), |v| match (self, unit) {
+            // A ratio next to an upper bound: three digits, so that 0.504 does not read 0.50.
+            (Self::AtMost(_), "") => format!("{v:.3}"),
+            (Self::AtMost(_), _) => format!("{v:.1}{unit}"),
+            (Self::AtLeast(_), _) => format!("{v:.2}{unit}"),
+        });
+        Target {
+            name: name.into(),
+            goal: format!("{sign} {goal}{unit}"),
+            measured,
+            value,
+            met,
+        }
+    }
 }
 
 /// Settings of the run that shape its numbers.
@@ -35,6 +70,9 @@ pub struct Settings {
     pub batch_size: usize,
     /// Partitions per topic.
     pub partitions: i32,
+    /// Replicas per topic.
+    #[serde(default = "one")]
+    pub replication_factor: i32,
     /// Writer connections.
     pub writers: usize,
     /// Payload bytes per message.
@@ -43,6 +81,10 @@ pub struct Settings {
     pub keys: u64,
     /// Producer properties given with `-X`.
     pub producer_properties: Vec<String>,
+}
+
+fn one() -> i32 {
+    1
 }
 
 /// Everything a run measured.
@@ -83,6 +125,7 @@ impl Report {
                 quick: options.quick,
                 batch_size: options.batch_size(),
                 partitions: options.partitions(),
+                replication_factor: options.replication_factor(),
                 writers: options.writers(),
                 payload_bytes: crate::workload::PAYLOAD_BYTES,
                 keys: crate::workload::KEYS,
@@ -106,26 +149,7 @@ impl Report {
 
     /// Fills [`Report::targets`] from the parts that ran.
     pub fn check_targets(&mut self) {
-        self.load_average_at_end = crate::machine::load_average();
-        let ratio = |name: &str, goal: f64, value: Option<f64>, unit: &str| Target {
-            name: name.into(),
-            goal: format!("≥ {goal}{unit}"),
-            measured: value.map_or("not run".into(), |v| format!("{v:.2}{unit}")),
-            met: value.map(|v| v >= goal),
-        };
-        let at_most = |name: &str, goal: f64, value: Option<f64>, unit: &str| Target {
-            name: name.into(),
-            goal: format!("≤ {goal}{unit}"),
-            measured: value.map_or("not run".into(), |v| {
-                if unit.is_empty() {
-                    // A ratio next to its bound: three digits, so that 0.504 does not read 0.50.
-                    format!("{v:.3}")
-                } else {
-                    format!("{v:.1}{unit}")
-                }
-            }),
-            met: value.map(|v| v <= goal),
-        };
+        use Bound::{AtLeast, AtMost};
         let wal = self.wal.as_ref();
         let wal_ack_p99 = wal.and_then(|w| w.latency.point(WAL_MODE, 1000).map(|p| p.ack.p99_ms));
         let ack_p99 = self.latency.as_ref().and_then(|l| {
@@ -135,57 +159,46 @@ impl Report {
                 .map(|p| p.ack.p99_ms)
         });
         self.targets = vec![
-            ratio(
+            AtLeast(0.9).target(
                 "drain / both jobs at once (raw claim+delete with raw produce)",
-                0.9,
                 self.drain.as_ref().map(|d| d.relay_vs_both),
                 "",
             ),
-            ratio(
+            AtLeast(20.0).target(
                 "drain / naive relay",
-                20.0,
                 self.drain.as_ref().map(|d| d.relay_vs_naive),
                 "",
             ),
-            ratio(
+            AtLeast(0.9).target(
                 "sustained / writer+drain ceiling",
-                0.9,
                 self.sustained.as_ref().map(|s| s.relay_vs_ceiling),
                 "",
             ),
-            at_most(
-                "commit → ack p99 at 1,000 msg/s, wake-ups",
-                20.0,
-                ack_p99,
-                " ms",
-            ),
-            at_most(
+            AtMost(20.0).target("commit → ack p99 at 1,000 msg/s, wake-ups", ack_p99, " ms"),
+            AtMost(10.0).target(
                 "enqueue (1 message) added to a one-row transaction",
-                10.0,
                 self.write_path
                     .as_ref()
                     .and_then(WritePathReport::one_message_added_percent),
                 " %",
             ),
-            at_most(
+            AtMost(0.5).target(
                 "WAL-mode enqueue ÷ table-mode enqueue, time added to a one-row transaction (p50)",
-                0.5,
                 wal.map(|w| w.write_cost.wal_vs_table_added),
                 "",
             ),
-            ratio(
+            AtLeast(1.5).target(
                 "WAL drain ÷ table drain, same backlog",
-                1.5,
                 wal.map(|w| w.drain.wal_vs_table),
                 "",
             ),
-            at_most(
-                "WAL commit → ack p99 at 1,000 msg/s",
-                20.0,
-                wal_ack_p99,
-                " ms",
-            ),
+            AtMost(20.0).target("WAL commit → ack p99 at 1,000 msg/s", wal_ack_p99, " ms"),
         ];
+        self.targets.extend(
+            crate::peers::ratios(self.peers.as_ref())
+                .into_iter()
+                .map(|(name, value, bound)| bound.target(&name, value, "")),
+        );
     }
 }
 
@@ -262,6 +275,20 @@ pub fn write(report: &Report, out: Option<PathBuf>) -> anyhow::Result<()> {
     ];
     if let Some(svg) = chart(report) {
         files.push((json.with_extension("svg"), svg));
+    }
+    if let Some(peers) = &report.peers {
+        let stem = json
+            .file_stem()
+            .map_or_else(|| "run".into(), |stem| stem.to_string_lossy().into_owned());
+        let charts = [
+            ("peers-latency", crate::chart_peers::latency(peers)),
+            ("peers-drain", crate::chart_peers::drain(peers)),
+        ];
+        for (name, svg) in charts {
+            if let Some(svg) = svg {
+                files.push((json.with_file_name(format!("{stem}-{name}.svg")), svg));
+            }
+        }
     }
     for (path, contents) in &files {
         write_file(path, contents)?;
