@@ -227,12 +227,18 @@ async fn write_cost(bench: &Bench, options: &Options) -> anyhow::Result<Vec<Writ
         "peers: write cost, {iterations} transactions of each kind"
     ));
     let (table, wal) = (Capture::Table.outbox(), Capture::Wal.outbox());
+    // What the table-mode row costs without its commit-time wake-up: the rest is the row itself.
+    let quiet = Capture::Table.outbox().notify(false);
     let kinds = write_path::measure(
         bench,
         iterations,
         &[
             ("business row only", Kind::Alone),
             (ENQUEUE_TABLE, Kind::Enqueue(1, &table)),
+            (
+                "+ enqueue, table mode, without NOTIFY",
+                Kind::Enqueue(1, &quiet),
+            ),
             (ENQUEUE_WAL, Kind::Enqueue(1, &wal)),
             (DEBEZIUM_INSERT, Kind::Debezium),
         ],
