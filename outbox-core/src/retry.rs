@@ -1,5 +1,6 @@
 //! How long to wait before trying a failed message again, and when to give up.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use rand::Rng;
@@ -40,27 +41,37 @@ pub enum Decision {
 }
 
 impl RetryPolicy {
+    /// What [`max_attempts`](Self::max_attempts) accepts.
+    pub const MAX_ATTEMPTS: RangeInclusive<u32> = 1..=1000;
+    /// What [`backoff`](Self::backoff) accepts for each of its two durations: 1 ms to a day.
+    pub const BACKOFF: RangeInclusive<Duration> =
+        Duration::from_millis(1)..=Duration::from_secs(86_400);
+
     /// Attempts (the first one included) before a retriable failure becomes a dead letter.
-    /// Default 10; at least 1.
+    /// Default 10; 1 to 1,000.
     ///
     /// # Errors
-    /// [`Error::Config`] for 0.
+    /// [`Error::Config`] outside the range.
     pub fn max_attempts(mut self, attempts: u32) -> Result<Self, Error> {
-        if attempts == 0 {
-            return Err(Error::Config("max_attempts must be at least 1".into()));
+        if !Self::MAX_ATTEMPTS.contains(&attempts) {
+            return Err(Error::Config(format!(
+                "max_attempts {attempts} is outside {:?}",
+                Self::MAX_ATTEMPTS
+            )));
         }
         self.max_attempts = attempts;
         Ok(self)
     }
 
-    /// Backoff after the first failure, and the cap that later backoffs grow to. Default 200 ms and 60 s.
+    /// Backoff after the first failure, and the cap that later backoffs grow to. Default 200 ms and
+    /// 60 s; each 1 ms to a day.
     ///
     /// # Errors
-    /// [`Error::Config`] when `initial` is zero or larger than `max`.
+    /// [`Error::Config`] when either is outside the range or `initial` is larger than `max`.
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Result<Self, Error> {
-        if initial.is_zero() || initial > max {
+        if !Self::BACKOFF.contains(&initial) || !Self::BACKOFF.contains(&max) || initial > max {
             return Err(Error::Config(format!(
-                "backoff must satisfy 0 < initial ({initial:?}) <= max ({max:?})"
+                "backoff must satisfy 1ms <= initial ({initial:?}) <= max ({max:?}) <= 1 day"
             )));
         }
         self.initial_backoff = initial;

@@ -8,16 +8,16 @@ use outbox_kafka::KafkaPublisher;
 use outbox_postgres::{PgRelayStore, PgStatus, PgWalStore};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::cli::{MigrateArgs, RunArgs};
-use crate::settings::Capture;
-use crate::{connect, observe, settings};
+use crate::cli::MigrateArgs;
+use crate::settings::{Capture, Database, RunArgs, Settings, process_env, report};
+use crate::{connect, observe};
 
 /// `outbox-relay migrate`.
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    let tables = connect::tables(&args.database)?;
-    let pool = connect::database(&args.database, 1).await?;
+    let database = Database::resolve(&args.database, &process_env)?;
+    let pool = connect::database(&database, 1).await?;
     let mut conn = pool.acquire().await.context("acquiring a connection")?;
-    let applied = outbox_postgres::migrate(&mut conn, &tables)
+    let applied = outbox_postgres::migrate(&mut conn, &database.tables)
         .await
         .context("migrating")?;
     if applied.is_empty() {
@@ -36,14 +36,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(stop_on_signal(listen_for_signals()?, shutdown.clone()));
     tracing::info!("relay process started; SIGINT or SIGTERM stops it");
 
-    let settings = settings::resolve(&args, &|name| std::env::var(name).ok())?;
+    let settings = Settings::resolve(&args, &process_env)?;
     let publisher = KafkaPublisher::new(&settings.kafka)
         .context("invalid Kafka producer settings")?
         .with_topic_route(settings.topic_route.clone());
 
     let connecting = async {
         let pool = connect::database(&settings.database, settings.pool_size).await?;
-        connect::require_schema(&pool, &settings.tables).await?;
+        connect::require_schema(&pool, &settings.database.tables).await?;
         publisher
             .check_reachable(settings.database.connect_timeout)
             .await
@@ -75,7 +75,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 broker: observe::broker_probe(&settings.kafka)?,
                 ownership,
             };
-            let status = PgStatus::new(pool.clone(), &settings.tables);
+            let status = PgStatus::new(pool.clone(), &settings.database.tables);
             observe::start(address, probes, status, listener_stop.clone()).await?;
         }
         anyhow::Ok(())
@@ -92,7 +92,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         Capture::Wal(config) => {
             let slot = config.get_slot().clone();
-            let store = PgWalStore::new(&pool, &settings.database.database_url, *config)
+            let store = PgWalStore::new(&pool, &settings.database.url, *config)
                 .context("invalid WAL capture settings")?;
             store.check().await.with_context(|| {
                 format!("the database cannot give WAL capture from slot `{slot}` its guarantees")
@@ -101,7 +101,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             observe(observe::Ownership::Slot {
                 reading: store.reading(),
                 slot,
-                tables: settings.tables.clone(),
+                tables: settings.database.tables.clone(),
             })
             .await?;
             relay(store, publisher, settings.relay.clone(), shutdown).await?
@@ -132,21 +132,16 @@ async fn relay<S: RelayStore>(
 /// `outbox-relay config check`: resolves the settings as `run` would, without connecting, and
 /// prints them.
 pub fn config_check(args: RunArgs) -> anyhow::Result<()> {
-    let settings = settings::resolve(&args, &|name| std::env::var(name).ok())?;
+    let settings = Settings::resolve(&args, &process_env)?;
     KafkaPublisher::new(&settings.kafka).context("invalid Kafka producer settings")?;
-    let width = settings
-        .effective
-        .iter()
-        .map(|effective| effective.key.len())
-        .max()
-        .unwrap_or_default();
-    for effective in &settings.effective {
-        println!(
-            "{:width$}  {}  ({})",
-            effective.key, effective.shown, effective.origin
-        );
-    }
+    print!("{}", report::effective_lines(&settings.effective));
     println!("configuration is valid");
+    Ok(())
+}
+
+/// `outbox-relay config table` (hidden): the table of every setting, as Markdown.
+pub fn config_table() -> anyhow::Result<()> {
+    print!("{}", report::markdown_table());
     Ok(())
 }
 

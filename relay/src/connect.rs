@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::time::Instant;
 
-use crate::cli::DatabaseArgs;
+use crate::settings::Database;
 
 /// The URL with its password replaced, for messages: in the user-info and in the query (`password`,
 /// as libpq and sqlx accept it, in any case).
@@ -40,19 +40,17 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The validated table names.
-pub fn tables(args: &DatabaseArgs) -> anyhow::Result<Tables> {
-    Tables::default()
-        .schema(&args.schema)
-        .context("invalid --schema / OUTBOX_SCHEMA")?
-        .outbox(&args.outbox_table)
-        .context("invalid --outbox-table / OUTBOX_TABLE")
+/// Connects one connection's pool and checks the outbox tables exist; returns them with it.
+pub async fn open(database: &Database) -> anyhow::Result<(PgPool, Tables)> {
+    let pool = self::database(database, 1).await?;
+    require_schema(&pool, &database.tables).await?;
+    Ok((pool, database.tables.clone()))
 }
 
 /// Connects a pool, retrying until `args.connect_timeout` has passed.
-pub async fn database(args: &DatabaseArgs, pool_size: u32) -> anyhow::Result<PgPool> {
-    let shown = redact(&args.database_url);
-    let options = PgConnectOptions::from_str(&args.database_url)
+pub async fn database(args: &Database, pool_size: u32) -> anyhow::Result<PgPool> {
+    let shown = redact(&args.url);
+    let options = PgConnectOptions::from_str(&args.url)
         .with_context(|| format!("invalid --database-url / DATABASE_URL `{shown}`"))?
         .application_name("outbox-relay");
     let deadline = Instant::now() + args.connect_timeout;

@@ -7,8 +7,8 @@ use clap::Parser;
 mod admin;
 pub mod cli;
 mod commands;
-mod config_file;
 mod connect;
+mod dead_letters;
 mod observe;
 pub mod settings;
 mod wal;
@@ -36,10 +36,10 @@ pub fn main() -> ExitCode {
             cli::Command::Run(args) => commands::run(args).await,
             cli::Command::Status(args) => admin::status(args).await,
             cli::Command::DeadLetters(command) => match command {
-                cli::DeadLettersCommand::List(args) => admin::dead_letters_list(args).await,
-                cli::DeadLettersCommand::Show(args) => admin::dead_letters_show(args).await,
-                cli::DeadLettersCommand::Replay(args) => admin::dead_letters_replay(args).await,
-                cli::DeadLettersCommand::Purge(args) => admin::dead_letters_purge(args).await,
+                cli::DeadLettersCommand::List(args) => dead_letters::list(args).await,
+                cli::DeadLettersCommand::Show(args) => dead_letters::show(args).await,
+                cli::DeadLettersCommand::Replay(args) => dead_letters::replay(args).await,
+                cli::DeadLettersCommand::Purge(args) => dead_letters::purge(args).await,
             },
             cli::Command::Wal(command) => match command {
                 cli::WalCommand::CreateSlot(args) => wal::create_slot(args).await,
@@ -47,6 +47,7 @@ pub fn main() -> ExitCode {
                 cli::WalCommand::Status(args) => wal::status(args).await,
             },
             cli::Command::Config(cli::ConfigCommand::Check(args)) => commands::config_check(args),
+            cli::Command::Config(cli::ConfigCommand::Table) => commands::config_table(),
         }
     });
     match result {

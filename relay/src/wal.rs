@@ -6,13 +6,15 @@ use outbox_postgres::wal::{self, Created, SlotStatus};
 use serde_json::json;
 
 use crate::cli::{WalSlotArgs, WalStatusArgs};
+use crate::connect;
+use crate::settings::{WalSlot, process_env};
 
-/// Reads the slot name, connects one connection, and checks the tables exist.
+/// Resolves the database and slot settings, connects one connection, and checks the tables exist.
 async fn open(
     args: &WalSlotArgs,
 ) -> anyhow::Result<(sqlx::PgPool, outbox_postgres::Tables, SlotName)> {
-    let slot = SlotName::new(&args.slot).context("invalid --slot")?;
-    let (pool, tables) = crate::admin::open(&args.database).await?;
+    let WalSlot { database, slot } = WalSlot::resolve(&args.settings, &process_env)?;
+    let (pool, tables) = connect::open(&database).await?;
     Ok((pool, tables, slot))
 }
 

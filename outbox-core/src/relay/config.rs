@@ -1,5 +1,6 @@
 //! Settings of the relay engine.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -35,18 +36,36 @@ impl Default for RelayConfig {
     }
 }
 
-fn within<T: PartialOrd + std::fmt::Debug>(
+/// `value` if it lies in `range`, else an error naming `what`.
+pub(crate) fn within<T: PartialOrd + Copy + std::fmt::Debug>(
     what: &str,
     value: T,
-    min: T,
-    max: T,
+    range: &RangeInclusive<T>,
 ) -> Result<T, Error> {
-    if value < min || value > max {
+    if !range.contains(&value) {
         return Err(Error::Config(format!(
-            "{what} {value:?} is outside {min:?}..={max:?}"
+            "{what} {value:?} is outside {:?}..={:?}",
+            range.start(),
+            range.end()
         )));
     }
     Ok(value)
+}
+
+impl RelayConfig {
+    /// What [`batch_size`](Self::batch_size) accepts.
+    pub const BATCH_SIZE: RangeInclusive<usize> = 1..=100_000;
+    /// What [`window`](Self::window) accepts.
+    pub const WINDOW: RangeInclusive<usize> = 1..=100_000;
+    /// What [`max_in_flight`](Self::max_in_flight) accepts.
+    pub const MAX_IN_FLIGHT: RangeInclusive<usize> = 1..=1_000_000;
+    /// What [`max_in_flight_bytes`](Self::max_in_flight_bytes) accepts: 1 KiB to 16 GiB.
+    pub const MAX_IN_FLIGHT_BYTES: RangeInclusive<u64> = 1024..=16 << 30;
+    /// What [`phases`](Self::phases) accepts.
+    pub const PHASES: RangeInclusive<usize> = 1..=64;
+    /// What [`poll_interval`](Self::poll_interval) accepts: 1 ms to 1 h.
+    pub const POLL_INTERVAL: RangeInclusive<Duration> =
+        Duration::from_millis(1)..=Duration::from_secs(3600);
 }
 
 impl RelayConfig {
@@ -55,7 +74,7 @@ impl RelayConfig {
     /// # Errors
     /// [`Error::Config`] outside the range.
     pub fn batch_size(mut self, batch_size: usize) -> Result<Self, Error> {
-        self.batch_size = within("batch size", batch_size, 1, 100_000)?;
+        self.batch_size = within("batch size", batch_size, &Self::BATCH_SIZE)?;
         Ok(self)
     }
 
@@ -65,7 +84,7 @@ impl RelayConfig {
     /// # Errors
     /// [`Error::Config`] outside the range.
     pub fn window(mut self, window: usize) -> Result<Self, Error> {
-        self.window = within("lane window", window, 1, 100_000)?;
+        self.window = within("lane window", window, &Self::WINDOW)?;
         Ok(self)
     }
 
@@ -75,7 +94,7 @@ impl RelayConfig {
     /// # Errors
     /// [`Error::Config`] outside the range.
     pub fn max_in_flight(mut self, messages: usize) -> Result<Self, Error> {
-        self.max_in_flight = within("in-flight budget", messages, 1, 1_000_000)?;
+        self.max_in_flight = within("in-flight budget", messages, &Self::MAX_IN_FLIGHT)?;
         Ok(self)
     }
 
@@ -86,7 +105,8 @@ impl RelayConfig {
     /// # Errors
     /// [`Error::Config`] outside the range.
     pub fn max_in_flight_bytes(mut self, bytes: u64) -> Result<Self, Error> {
-        self.max_in_flight_bytes = within("in-flight byte budget", bytes, 1024, 16 << 30)?;
+        self.max_in_flight_bytes =
+            within("in-flight byte budget", bytes, &Self::MAX_IN_FLIGHT_BYTES)?;
         Ok(self)
     }
 
@@ -98,7 +118,7 @@ impl RelayConfig {
     /// # Errors
     /// [`Error::Config`] outside the range.
     pub fn phases(mut self, phases: usize) -> Result<Self, Error> {
-        self.phases = within("phases", phases, 1, 64)?;
+        self.phases = within("phases", phases, &Self::PHASES)?;
         Ok(self)
     }
 
@@ -107,12 +127,7 @@ impl RelayConfig {
     /// # Errors
     /// [`Error::Config`] outside the range.
     pub fn poll_interval(mut self, interval: Duration) -> Result<Self, Error> {
-        self.poll_interval = within(
-            "poll interval",
-            interval,
-            Duration::from_millis(1),
-            Duration::from_secs(3600),
-        )?;
+        self.poll_interval = within("poll interval", interval, &Self::POLL_INTERVAL)?;
         Ok(self)
     }
 

@@ -1,5 +1,6 @@
 //! Settings of the relay store.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -17,8 +18,13 @@ pub struct PgRelayStoreConfig {
     pub(super) purge_interval: Duration,
 }
 
-/// The longest retention accepted: a century.
-const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+impl PgRelayStoreConfig {
+    /// What [`lease`](Self::lease) accepts (and the WAL store's lease): 1 s to 1 h.
+    pub const LEASE: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(3600);
+    /// What [`retention`](Self::retention) accepts besides `None`: 1 ms to a century.
+    pub const RETENTION: RangeInclusive<Duration> =
+        Duration::from_millis(1)..=Duration::from_secs(100 * 365 * 24 * 60 * 60);
+}
 
 /// A lane count: a power of two from 1 to [`outbox_core::lane::SLOTS`].
 pub(crate) fn check_lanes(lanes: u32) -> Result<u32, Error> {
@@ -31,11 +37,11 @@ pub(crate) fn check_lanes(lanes: u32) -> Result<u32, Error> {
     Ok(lanes)
 }
 
-/// A lease: at least a second.
+/// A lease in [`PgRelayStoreConfig::LEASE`].
 pub(crate) fn check_lease(lease: Duration) -> Result<Duration, Error> {
-    if lease < Duration::from_secs(1) {
+    if !PgRelayStoreConfig::LEASE.contains(&lease) {
         return Err(Error::Config(format!(
-            "lease must be at least 1s, got {lease:?}"
+            "lease must be from 1s to 1h, got {lease:?}"
         )));
     }
     Ok(lease)
@@ -94,7 +100,7 @@ impl PgRelayStoreConfig {
     /// relay stuck on the database never keeps its lanes.
     ///
     /// # Errors
-    /// [`Error::Config`] below 1 s.
+    /// [`Error::Config`] outside [`Self::LEASE`].
     pub fn lease(mut self, lease: Duration) -> Result<Self, Error> {
         self.lease = check_lease(lease)?;
         Ok(self)
@@ -113,14 +119,14 @@ impl PgRelayStoreConfig {
     /// kept its id stays taken: enqueuing another message with the same id fails.
     ///
     /// # Errors
-    /// [`Error::Config`] for a retention of zero (use `None` to delete on publish) or of more than
-    /// 100 years.
+    /// [`Error::Config`] for a retention outside [`Self::RETENTION`] (use `None` to delete on
+    /// publish).
     pub fn retention(mut self, retention: Option<Duration>) -> Result<Self, Error> {
         if let Some(kept) = retention
-            && (kept.is_zero() || kept > MAX_RETENTION)
+            && !Self::RETENTION.contains(&kept)
         {
             return Err(Error::Config(format!(
-                "retention must be more than 0 and at most 100 years (or none, to delete published messages), got {kept:?}"
+                "retention must be from 1ms to 100 years (or none, to delete published messages), got {kept:?}"
             )));
         }
         self.retention = retention;

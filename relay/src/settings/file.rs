@@ -1,4 +1,4 @@
-//! The optional TOML configuration file of `outbox-relay run`.
+//! The optional TOML configuration file, read by every subcommand (`--config` or `OUTBOX_CONFIG`).
 //!
 //! Its keys are the settings' names, grouped in tables (`[relay] lanes = 64` is `relay.lanes`), plus
 //! `[kafka.properties]`, librdkafka producer properties passed through. Values are read as text and
