@@ -31,6 +31,23 @@ const DEAD_LETTER_FILTER: &str = "($1::uuid[] IS NULL OR id = ANY($1))
 pub(crate) const MESSAGE_COLUMNS: &str =
     "seq, id, topic, key, event_type, source, content_type, payload, headers, created_at, attempts";
 
+/// What a message is stored with, in outbox and dead-letter rows alike (besides `seq`), in the
+/// order [`crate::rows::Columns::bind`] binds them.
+pub(crate) const STORED_COLUMNS: &str =
+    "id, slot, topic, key, event_type, source, content_type, payload, headers, created_at";
+
+/// [`STORED_COLUMNS`] as the arrays `Columns::bind` binds, parameters `$1..$10`, for `UNNEST`.
+pub(crate) const STORED_ARRAYS: &str = "$1::uuid[], $2::int4[], $3::text[], $4::bytea[], $5::text[], $6::text[], $7::text[], $8::bytea[], $9::jsonb[], $10::timestamptz[]";
+
+/// [`STORED_COLUMNS`] of the row named `alias`.
+pub(crate) fn stored_columns_of(alias: &str) -> String {
+    STORED_COLUMNS
+        .split(", ")
+        .map(|column| format!("{alias}.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Names of the outbox's objects, for messages.
 #[derive(Debug)]
 pub(crate) struct Names {
@@ -86,16 +103,29 @@ impl Queries {
         // migration 3): a service may run this library against a database not migrated that far
         // yet, whose default is a bare `nextval`. Taking a shared lock the transaction holds
         // already is a lookup in its local lock table.
+        let (stored, m_stored) = (STORED_COLUMNS, stored_columns_of("m"));
         let enqueue = |notify: &str| {
             format!(
-                "INSERT INTO {outbox} (id, slot, topic, key, event_type, source, content_type, payload, headers, created_at)
-                 SELECT m.id, m.slot, m.topic, m.key, m.event_type, m.source, m.content_type, m.payload, m.headers, m.created_at
-                 FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::bytea[], $5::text[], $6::text[], $7::text[], $8::bytea[], $9::jsonb[], $10::timestamptz[])
-                      WITH ORDINALITY AS m(id, slot, topic, key, event_type, source, content_type, payload, headers, created_at, ord)
+                "INSERT INTO {outbox} ({stored})
+                 SELECT {m_stored}
+                 FROM UNNEST({STORED_ARRAYS}) WITH ORDINALITY AS m({stored}, ord)
                  WHERE pg_advisory_xact_lock_shared({ns}, {WRITER_KEY}) IS NOT NULL {notify}
                  ORDER BY m.ord"
             )
         };
+        // Failed messages (the CTE `failed`: seq, attempts, error) moved from the outbox into the
+        // dead letters, with everything they were stored with.
+        let moved = format!(
+            "moved AS (
+                 DELETE FROM {outbox} AS o USING failed AS f WHERE o.seq = f.seq AND o.published_at IS NULL
+                 RETURNING o.seq, {o_stored}, f.attempts AS failed_attempts, f.error AS failed_error
+             )",
+            o_stored = stored_columns_of("o")
+        );
+        let park = format!(
+            "INSERT INTO {dead_letters} (seq, {stored}, attempts, error)
+             SELECT seq, {stored}, failed_attempts, failed_error FROM moved"
+        );
         // One statement for the outcome of windows: $1 published; $2..$5 retries (seq, attempts,
         // delay in seconds on the database's clock, error); $6..$8 dead letters (seq, attempts,
         // error). Returns what it changed.
@@ -110,16 +140,7 @@ impl Queries {
                      RETURNING o.seq
                  ), failed AS (
                      SELECT * FROM UNNEST($6::int8[], $7::int4[], $8::text[]) AS f(seq, attempts, error)
-                 ), moved AS (
-                     DELETE FROM {outbox} AS o USING failed AS f WHERE o.seq = f.seq AND o.published_at IS NULL
-                     RETURNING o.seq, o.id, o.slot, o.topic, o.key, o.event_type, o.source, o.content_type,
-                               o.payload, o.headers, o.created_at, f.attempts AS failed_attempts, f.error AS failed_error
-                 ), parked AS (
-                     INSERT INTO {dead_letters} (seq, id, slot, topic, key, event_type, source, content_type, payload, headers, created_at, attempts, error)
-                     SELECT seq, id, slot, topic, key, event_type, source, content_type, payload, headers, created_at, failed_attempts, failed_error
-                     FROM moved
-                     RETURNING seq
-                 )
+                 ), {moved}, parked AS ({park} RETURNING seq)
                  SELECT ARRAY(SELECT seq FROM published) AS published, ARRAY(SELECT seq FROM retried) AS retried,
                         ARRAY(SELECT seq FROM parked) AS dead_lettered"
             )
@@ -189,14 +210,8 @@ impl Queries {
             dead_letter: format!(
                 "WITH failed AS (
                      SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::text[]) AS f(seq, attempts, error)
-                 ), moved AS (
-                     DELETE FROM {outbox} AS o USING failed AS f WHERE o.seq = f.seq AND o.published_at IS NULL
-                     RETURNING o.seq, o.id, o.slot, o.topic, o.key, o.event_type, o.source, o.content_type,
-                               o.payload, o.headers, o.created_at, f.attempts AS failed_attempts, f.error AS failed_error
-                 )
-                 INSERT INTO {dead_letters} (seq, id, slot, topic, key, event_type, source, content_type, payload, headers, created_at, attempts, error)
-                 SELECT seq, id, slot, topic, key, event_type, source, content_type, payload, headers, created_at, failed_attempts, failed_error
-                 FROM moved"
+                 ), {moved}
+                 {park}"
             ),
             members: format!(
                 "SELECT (objid::int8 - {MEMBER_BASE})::int4 AS lanes, count(*)::int8 AS relays FROM pg_locks
@@ -235,8 +250,8 @@ impl Queries {
                  ), moved AS (
                      DELETE FROM {dead_letters} AS d USING chosen WHERE d.seq = chosen.seq RETURNING d.*
                  )
-                 INSERT INTO {outbox} (id, slot, topic, key, event_type, source, content_type, payload, headers, created_at)
-                 SELECT m.id, m.slot, m.topic, m.key, m.event_type, m.source, m.content_type, m.payload, m.headers, m.created_at
+                 INSERT INTO {outbox} ({stored})
+                 SELECT {m_stored}
                  FROM moved AS m
                  WHERE pg_advisory_xact_lock_shared({ns}, {WRITER_KEY}) IS NOT NULL
                    AND pg_notify('{channel}', '') IS NOT NULL
@@ -256,8 +271,7 @@ impl Queries {
                      SELECT seq FROM {dead_letters} WHERE {DEAD_LETTER_FILTER} ORDER BY seq LIMIT $7)"
             ),
             dead_letters_show: format!(
-                "SELECT seq, id, slot, topic, key, event_type, source, content_type, payload, headers,
-                        created_at, attempts, error, dead_lettered_at
+                "SELECT seq, {stored}, attempts, error, dead_lettered_at
                  FROM {dead_letters} WHERE id = $1 ORDER BY seq LIMIT 1"
             ),
             // Unpublished rows per topic (retention keeps published ones with `published_at` set).

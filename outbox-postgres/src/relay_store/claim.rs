@@ -8,10 +8,11 @@ use std::time::Instant;
 use outbox_core::{ClaimRequest, Lane, Window};
 use sqlx::{PgConnection, Row};
 
-use super::session::{Session, heartbeat, session_limits};
+use super::session::{Session, heartbeat};
 use super::{PgRelayStore, preflight};
 use crate::error::Error;
 use crate::horizon::parse_writers;
+use crate::lease::session_limits;
 use crate::queries::MEMBER_BASE;
 use crate::rows::{self, CorruptRow};
 
@@ -95,10 +96,7 @@ impl PgRelayStore {
         let mut windows: Vec<Window> = Vec::new();
         let mut index: BTreeMap<Lane, usize> = BTreeMap::new();
         let mut corrupt = Vec::new();
-        let fence = session
-            .fence
-            .clone()
-            .unwrap_or_else(outbox_core::Fence::expired);
+        let fence = session.lease.fence();
         for row in &rows {
             let message = match rows::decode(row) {
                 Ok(message) => message,

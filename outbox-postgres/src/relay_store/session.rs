@@ -1,26 +1,25 @@
-//! The relay's session: the one connection that holds its lanes, kept alive and fenced.
+//! The relay's session: the one connection that holds its lanes, kept alive and fenced under
+//! the lease of `crate::lease`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use outbox_core::Fence;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::Mutex;
 
 use crate::error::Error;
 use crate::horizon::Horizon;
+use crate::lease::{SessionLease, heartbeat_period};
 
 /// The session and what it holds. Claims, settlements and lane changes all run on `conn`, so a relay
 /// can only change rows while it holds their lanes.
 #[derive(Debug, Default)]
 pub(super) struct Session {
     pub conn: Option<PgConnection>,
-    /// Valid while `conn` holds the lanes; expired when the session is lost.
-    pub fence: Option<Fence>,
-    /// Start of the last round trip that succeeded on `conn`.
-    pub last_ok: Option<Instant>,
+    /// Its fence: open while `conn` holds the lanes; closed when the session is lost.
+    pub lease: SessionLease,
     /// Counts sessions; windows name the one they were claimed on.
     pub epoch: u64,
     /// Lanes whose lock `conn` holds.
@@ -47,21 +46,17 @@ impl Session {
         self.owned.clear();
         self.draining.clear();
         self.lanes_changed("lost", lost);
-        self.fence = Some(Fence::expired());
+        self.lease.start(started, lease);
         self.conn = Some(conn);
         self.epoch += 1;
         self.horizon = Horizon::default();
         self.last_rebalance = None;
-        self.renew(started, lease);
     }
 
     /// Records a successful round trip that started at `started`: the lanes are ours until the
     /// server could end the idle session, less a safety margin.
     pub fn renew(&mut self, started: Instant, lease: Duration) {
-        self.last_ok = Some(started);
-        if let Some(fence) = &self.fence {
-            fence.extend_to(outbox_core::fence::deadline(started, lease));
-        }
+        self.lease.renew(started, lease);
     }
 
     /// Drops the session after `error` when the error means the connection is gone or its state
@@ -75,9 +70,7 @@ impl Session {
 
     /// Drops the session; PostgreSQL releases its locks when the connection closes.
     pub fn disconnect(&mut self, error: &Error) {
-        if let Some(fence) = self.fence.take() {
-            fence.expire();
-        }
+        self.lease.end();
         if self.conn.take().is_some() {
             tracing::warn!(error = %outbox_core::relay::error_chain(error), released = self.owned.len(), "relay session lost; its lanes are released");
         }
@@ -93,9 +86,7 @@ impl Session {
         self.owned.clear();
         self.draining.clear();
         self.lanes_changed("released", released);
-        if let Some(fence) = self.fence.take() {
-            fence.expire();
-        }
+        self.lease.end();
         if let Some(conn) = self.conn.take() {
             if let Err(error) = conn.close().await {
                 tracing::warn!(%error, "closing the relay session failed; the server releases its lanes when it notices");
@@ -111,19 +102,6 @@ impl Session {
     }
 }
 
-/// The statements that bound what a stuck relay can hold: the server ends a session idle (or idle
-/// inside a transaction) for a lease, and gives up a statement after half a lease or a lock wait
-/// after a quarter, so that the fence expires before the lanes could be taken over.
-pub(crate) fn session_limits(lease: Duration) -> String {
-    let lease_ms = lease.as_millis();
-    format!(
-        "SET idle_session_timeout = {lease_ms}; SET idle_in_transaction_session_timeout = {lease_ms}; \
-         SET statement_timeout = {}; SET lock_timeout = {}",
-        lease_ms / 2,
-        lease_ms / 4
-    )
-}
-
 /// Keeps the session of `epoch` busy enough that the server does not end it while the relay is
 /// healthy (waiting for broker acknowledgements, or idle). Ends with the session.
 pub(super) async fn heartbeat(
@@ -131,7 +109,7 @@ pub(super) async fn heartbeat(
     epoch: u64,
     lease: Duration,
 ) {
-    let every = lease / 4;
+    let every = heartbeat_period(lease);
     loop {
         tokio::time::sleep(every).await;
         let Some(session) = session.upgrade() else {
@@ -141,7 +119,7 @@ pub(super) async fn heartbeat(
         if session.epoch != epoch || session.conn.is_none() {
             return;
         }
-        if session.last_ok.is_some_and(|at| at.elapsed() < every) {
+        if session.lease.renewed_within(every) {
             continue;
         }
         let started = Instant::now();

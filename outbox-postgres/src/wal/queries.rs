@@ -1,5 +1,6 @@
 //! The SQL of WAL capture, rendered once for the configured tables and slot.
 
+use crate::queries::{STORED_ARRAYS, STORED_COLUMNS};
 use crate::tables::Tables;
 
 use super::slot::SlotName;
@@ -30,21 +31,17 @@ impl WalQueries {
         Self {
             try_lock: format!("SELECT pg_try_advisory_lock({ns}, {key})"),
             park_malformed: format!(
-                "INSERT INTO {dead_letters} (seq, id, slot, topic, key, event_type, source, content_type,
-                                             payload, headers, created_at, attempts, error)
+                "INSERT INTO {dead_letters} (seq, {STORED_COLUMNS}, attempts, error)
                  SELECT nextval('{sequence}'), $1, 0, '', NULL, NULL, NULL, 'application/octet-stream',
                         $2, '{{}}'::jsonb, now(), 0, $3
                  WHERE NOT EXISTS (SELECT 1 FROM {dead_letters} WHERE id = $1)"
             ),
             // A message replayed by a new stream and failing again is not parked twice.
             dead_letter: format!(
-                "INSERT INTO {dead_letters} (seq, id, slot, topic, key, event_type, source, content_type,
-                                             payload, headers, created_at, attempts, error)
+                "INSERT INTO {dead_letters} (seq, {STORED_COLUMNS}, attempts, error)
                  SELECT nextval('{sequence}'), f.*
-                 FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::bytea[], $5::text[], $6::text[],
-                             $7::text[], $8::bytea[], $9::jsonb[], $10::timestamptz[], $11::int4[], $12::text[])
-                      AS f(id, slot, topic, key, event_type, source, content_type, payload, headers,
-                           created_at, attempts, error)
+                 FROM UNNEST({STORED_ARRAYS}, $11::int4[], $12::text[])
+                      AS f({STORED_COLUMNS}, attempts, error)
                  WHERE NOT EXISTS (SELECT 1 FROM {dead_letters} AS d WHERE d.id = f.id)"
             ),
             heartbeat: format!(
