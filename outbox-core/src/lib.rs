@@ -43,6 +43,7 @@ pub mod store;
 pub mod sync;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+pub mod topic_name;
 pub mod trace;
 
 pub use error::{BoxError, Error};

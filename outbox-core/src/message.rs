@@ -12,9 +12,6 @@ use crate::headers;
 /// The content type of payloads built with [`MessageBuilder::json`].
 pub const JSON_CONTENT_TYPE: &str = "application/json";
 
-/// Longest topic name Kafka accepts.
-const MAX_TOPIC_LEN: usize = 249;
-
 /// One event to publish: what the service writes to the outbox inside its transaction.
 ///
 /// Build one with [`Message::builder`]. The id is a UUIDv7 (time-ordered) unless set explicitly; it
@@ -200,34 +197,16 @@ impl Message {
     }
 }
 
-/// Checks a topic name against Kafka's rules: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+/// Checks a topic name against Kafka's rules ([`crate::topic_name`]): 1 to 249 characters of
+/// `[a-zA-Z0-9._-]`, not `.` or `..`.
 ///
 /// # Errors
 /// [`Error::InvalidMessage`] naming the rule that was broken.
 pub fn validate_topic(topic: &str) -> Result<(), Error> {
-    if topic.is_empty() {
-        return Err(Error::InvalidMessage("topic is empty".into()));
+    match crate::topic_name::refusal(topic) {
+        Some(why) => Err(Error::InvalidMessage(why)),
+        None => Ok(()),
     }
-    if topic.len() > MAX_TOPIC_LEN {
-        return Err(Error::InvalidMessage(format!(
-            "topic is {} characters long; Kafka allows at most {MAX_TOPIC_LEN}",
-            topic.len()
-        )));
-    }
-    if topic == "." || topic == ".." {
-        return Err(Error::InvalidMessage(format!(
-            "topic `{topic}` is not allowed"
-        )));
-    }
-    if let Some(bad) = topic
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(Error::InvalidMessage(format!(
-            "topic `{topic}` contains `{bad}`; Kafka allows only letters, digits, `.`, `_` and `-`"
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,13 +2,12 @@
 
 use std::borrow::Cow;
 
+use outbox_core::topic_name;
+
 use crate::error::Error;
 
 /// The placeholder a template replaces with the message's topic.
 pub const PLACEHOLDER: &str = "{topic}";
-
-/// Kafka's longest topic name.
-const MAX_TOPIC_LEN: usize = 249;
 
 /// Maps a message's topic to the Kafka topic it is published to.
 ///
@@ -54,22 +53,16 @@ impl TopicRoute {
             if part.contains(PLACEHOLDER) {
                 return Err(invalid("it may hold `{topic}` at most once"));
             }
-            if let Some(bad) = part
-                .chars()
-                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-            {
+            if let Some(bad) = part.chars().find(|c| !topic_name::allows(*c)) {
                 return Err(invalid(&format!(
                     "`{bad}` cannot be part of a topic name (allowed: ASCII letters, digits, `.`, `_`, `-` and the placeholder `{{topic}}`)"
                 )));
             }
         }
-        if suffix.is_none() {
-            if prefix.len() > MAX_TOPIC_LEN {
-                return Err(invalid("a topic name has at most 249 characters"));
-            }
-            if prefix == "." || prefix == ".." {
-                return Err(invalid("`.` and `..` are not topic names"));
-            }
+        if suffix.is_none()
+            && let Some(why) = topic_name::refusal(&prefix)
+        {
+            return Err(invalid(&why));
         }
         Ok(Self { prefix, suffix })
     }
@@ -85,10 +78,8 @@ impl TopicRoute {
             Some(suffix) if self.prefix.is_empty() && suffix.is_empty() => Cow::Borrowed(topic),
             Some(suffix) => Cow::Owned(format!("{}{topic}{suffix}", self.prefix)),
         };
-        if routed.len() > MAX_TOPIC_LEN {
-            return Err(format!(
-                "topic `{routed}` (routed from `{topic}`) is longer than Kafka's 249 characters"
-            ));
+        if let Some(why) = topic_name::refusal(&routed) {
+            return Err(format!("routed from `{topic}`: {why}"));
         }
         Ok(routed)
     }
@@ -137,7 +128,7 @@ mod tests {
             ("{topic}.{topic}", "at most once"),
             ("events/{topic}", "`/` cannot be part"),
             ("{Topic}", "`{` cannot be part"),
-            ("..", "not topic names"),
+            ("..", "not allowed"),
         ] {
             let error = TopicRoute::parse(template).expect_err(template).to_string();
             assert!(error.contains(says), "{template}: {error}");
