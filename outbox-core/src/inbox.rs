@@ -49,7 +49,7 @@ pub trait Inbox: Send + Sync {
 
     /// Deletes rows of `consumer` (and of no other consumer) recorded before `received_before`, at
     /// most `batch` per statement, until none is left; returns how many it deleted. Consumers keep
-    /// their own horizons: one that keeps an hour must not shorten the memory of one that keeps
+    /// their own periods: one that keeps an hour must not shorten the memory of one that keeps
     /// two weeks.
     fn purge(
         &self,

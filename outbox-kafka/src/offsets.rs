@@ -41,8 +41,9 @@ pub(crate) struct Ticket {
     pub stop: CancellationToken,
 }
 
+/// One assignment of a partition: its ticket, the offset in flight and the committable one.
 #[derive(Debug)]
-struct Lane {
+struct Held {
     ticket: Ticket,
     in_flight: Option<i64>,
     committable: Option<i64>,
@@ -51,7 +52,7 @@ struct Lane {
 /// The partitions a runner owns.
 #[derive(Debug, Default)]
 pub(crate) struct Assignments {
-    lanes: HashMap<TopicPartition, Lane>,
+    held: HashMap<TopicPartition, Held>,
     next_generation: u64,
     closed: bool,
 }
@@ -67,12 +68,12 @@ impl Assignments {
             generation: self.next_generation,
             stop: CancellationToken::new(),
         };
-        let lane = Lane {
+        let held = Held {
             ticket: ticket.clone(),
             in_flight: None,
             committable: None,
         };
-        if let Some(previous) = self.lanes.insert(partition, lane) {
+        if let Some(previous) = self.held.insert(partition, held) {
             previous.ticket.stop.cancel();
         }
         Some(ticket)
@@ -81,9 +82,9 @@ impl Assignments {
     /// Gives `partition` up: its worker is told to stop and can no longer store offsets. Returns
     /// whether it was owned.
     pub fn revoke(&mut self, partition: &TopicPartition) -> bool {
-        match self.lanes.remove(partition) {
-            Some(lane) => {
-                lane.ticket.stop.cancel();
+        match self.held.remove(partition) {
+            Some(held) => {
+                held.ticket.stop.cancel();
                 true
             }
             None => false,
@@ -93,14 +94,14 @@ impl Assignments {
     /// Gives every partition up and refuses new ones (the runner is stopping).
     pub fn close(&mut self) {
         self.closed = true;
-        for (_, lane) in self.lanes.drain() {
-            lane.ticket.stop.cancel();
+        for (_, held) in self.held.drain() {
+            held.ticket.stop.cancel();
         }
     }
 
     /// The partitions owned now.
     pub fn owned(&self) -> Vec<TopicPartition> {
-        let mut owned: Vec<_> = self.lanes.keys().cloned().collect();
+        let mut owned: Vec<_> = self.held.keys().cloned().collect();
         owned.sort();
         owned
     }
@@ -108,9 +109,9 @@ impl Assignments {
     /// Notes that the worker of `generation` starts on `offset`. `false` when the assignment is
     /// gone or another record is still in flight: the worker must not process it.
     pub fn start(&mut self, partition: &TopicPartition, generation: u64, offset: i64) -> bool {
-        match self.lane(partition, generation) {
-            Some(lane) if lane.in_flight.is_none() => {
-                lane.in_flight = Some(offset);
+        match self.assignment(partition, generation) {
+            Some(held) if held.in_flight.is_none() => {
+                held.in_flight = Some(offset);
                 true
             }
             _ => false,
@@ -127,36 +128,36 @@ impl Assignments {
         generation: u64,
         offset: i64,
     ) -> Option<i64> {
-        let lane = self.lane(partition, generation)?;
-        if lane.in_flight != Some(offset) {
+        let held = self.assignment(partition, generation)?;
+        if held.in_flight != Some(offset) {
             return None;
         }
-        lane.in_flight = None;
+        held.in_flight = None;
         let next = offset.saturating_add(1);
-        if lane
+        if held
             .committable
             .is_some_and(|committable| committable >= next)
         {
             return None;
         }
-        lane.committable = Some(next);
+        held.committable = Some(next);
         Some(next)
     }
 
     /// Notes that the worker of `generation` gave up on `offset` without finishing it (stopped):
     /// nothing is stored for it.
     pub fn abandon(&mut self, partition: &TopicPartition, generation: u64, offset: i64) {
-        if let Some(lane) = self.lane(partition, generation)
-            && lane.in_flight == Some(offset)
+        if let Some(held) = self.assignment(partition, generation)
+            && held.in_flight == Some(offset)
         {
-            lane.in_flight = None;
+            held.in_flight = None;
         }
     }
 
-    fn lane(&mut self, partition: &TopicPartition, generation: u64) -> Option<&mut Lane> {
-        self.lanes
+    fn assignment(&mut self, partition: &TopicPartition, generation: u64) -> Option<&mut Held> {
+        self.held
             .get_mut(partition)
-            .filter(|lane| lane.ticket.generation == generation)
+            .filter(|held| held.ticket.generation == generation)
     }
 }
 

@@ -60,8 +60,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tracing::info!(
         brokers = %settings.brokers,
-        lanes = settings.store.get_lanes(),
-        batch_size = settings.relay.get_batch_size(),
+        lanes = settings.shown("relay.lanes"),
+        batch_size = settings.shown("relay.batch_size"),
         topics = %settings.topic_route,
         "relay starting"
     );
@@ -87,13 +87,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .check()
                 .await
                 .context("the database cannot give the relay its guarantees")?;
-            observe(observe::Ownership::Lanes(store.lanes_owned())).await?;
+            observe(observe::Ownership::Lanes(store.owned_lane_count())).await?;
             relay(store, publisher, settings.relay.clone(), shutdown).await?
         }
         Capture::Wal(config) => {
-            let slot = config.get_slot().clone();
             let store = PgWalStore::new(&pool, &settings.database.url, *config)
                 .context("invalid WAL capture settings")?;
+            let slot = store.slot().clone();
             store.check().await.with_context(|| {
                 format!("the database cannot give WAL capture from slot `{slot}` its guarantees")
             })?;

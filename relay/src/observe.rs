@@ -21,7 +21,7 @@ use outbox_core::CancellationToken;
 use outbox_core::metrics as names;
 use outbox_kafka::ClientConfig;
 use outbox_postgres::wal::Reading;
-use outbox_postgres::{LanesOwned, PgStatus, SlotName, Tables};
+use outbox_postgres::{OwnedLaneCount, PgStatus, SlotName, Tables};
 use rdkafka::producer::{BaseProducer, Producer};
 use sqlx::PgPool;
 
@@ -52,7 +52,7 @@ pub struct Probes {
 /// What a relay holds while it works: lanes of the outbox table, or the replication slot.
 pub enum Ownership {
     /// Table mode: lanes owned.
-    Lanes(LanesOwned),
+    Lanes(OwnedLaneCount),
     /// WAL capture: whether this relay reads the slot.
     Slot {
         /// Set while the relay reads.

@@ -150,21 +150,6 @@ impl RelayConfig {
         self.store_backoff = backoff;
         self
     }
-
-    /// The configured batch size.
-    pub fn get_batch_size(&self) -> usize {
-        self.batch_size
-    }
-
-    /// The configured lane window.
-    pub fn get_window(&self) -> usize {
-        self.window
-    }
-
-    /// The configured poll interval.
-    pub fn get_poll_interval(&self) -> Duration {
-        self.poll_interval
-    }
 }
 
 #[cfg(test)]

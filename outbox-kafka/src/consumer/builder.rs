@@ -162,7 +162,7 @@ impl<I: Inbox + 'static> InboxConsumerBuilder<I> {
         self
     }
 
-    /// Purges this consumer's inbox rows older than the retention's horizon, in batches, at its
+    /// Purges this consumer's inbox rows older than the retention's period, in batches, at its
     /// interval ([`Inbox::purge`]); other consumer names' rows are theirs to purge. Off unless set.
     pub fn inbox_retention(mut self, retention: InboxRetention) -> Self {
         self.retention = Some(retention);

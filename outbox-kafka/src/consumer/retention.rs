@@ -13,21 +13,21 @@ use super::stats::Counters;
 /// How long inbox rows are kept, and how often the runner purges older ones. Only the rows of the
 /// runner's own consumer name are purged ([`Inbox::purge`]).
 ///
-/// The horizon **must exceed the longest redelivery window**: the topic's retention, or the longest
+/// The period kept **must exceed the longest redelivery window**: the topic's retention, or the longest
 /// a consumer group may lag behind or be replayed. A message redelivered after its inbox row was
 /// purged is applied again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboxRetention {
-    horizon: Duration,
+    kept_for: Duration,
     interval: Duration,
     batch: u32,
 }
 
 impl InboxRetention {
-    /// Keeps inbox rows for `horizon`; purges every hour in batches of 1,000 rows unless changed.
-    pub fn keep(horizon: Duration) -> Self {
+    /// Keeps inbox rows for `period`; purges every hour in batches of 1,000 rows unless changed.
+    pub fn keep(period: Duration) -> Self {
         Self {
-            horizon,
+            kept_for: period,
             interval: Duration::from_secs(3600),
             batch: 1000,
         }
@@ -46,16 +46,16 @@ impl InboxRetention {
     }
 
     pub(super) fn validate(&self) -> Result<(), Error> {
-        if self.horizon.is_zero() || self.interval.is_zero() || self.batch == 0 {
+        if self.kept_for.is_zero() || self.interval.is_zero() || self.batch == 0 {
             return Err(Error::Config(format!(
-                "inbox retention needs a horizon, an interval and a batch size above zero (got {:?}, {:?}, {})",
-                self.horizon, self.interval, self.batch
+                "inbox retention needs a period kept, an interval and a batch size above zero (got {:?}, {:?}, {})",
+                self.kept_for, self.interval, self.batch
             )));
         }
-        chrono::Duration::from_std(self.horizon).map_err(|_| {
+        chrono::Duration::from_std(self.kept_for).map_err(|_| {
             Error::Config(format!(
-                "inbox retention horizon {:?} is too long",
-                self.horizon
+                "inbox retention period {:?} is too long",
+                self.kept_for
             ))
         })?;
         Ok(())
@@ -68,15 +68,15 @@ pub(super) async fn purge_loop<I: Inbox + 'static>(
     retention: InboxRetention,
     shared: Arc<Shared<I>>,
 ) {
-    let horizon = chrono::Duration::from_std(retention.horizon).unwrap_or(chrono::Duration::MAX);
+    let kept_for = chrono::Duration::from_std(retention.kept_for).unwrap_or(chrono::Duration::MAX);
     let name = &shared.name;
     loop {
-        let before = Utc::now() - horizon;
+        let before = Utc::now() - kept_for;
         match shared.inbox.purge(name, before, retention.batch).await {
             Ok(purged) => {
                 Counters::add(&shared.counters.purged, purged);
                 if purged > 0 {
-                    tracing::info!(consumer = %name, purged, %before, "purged inbox rows past the retention horizon");
+                    tracing::info!(consumer = %name, purged, %before, "purged inbox rows older than the period kept");
                 }
             }
             Err(error) => {

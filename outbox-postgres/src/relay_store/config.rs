@@ -79,11 +79,6 @@ impl PgRelayStoreConfig {
         Ok(self)
     }
 
-    /// The configured number of lanes.
-    pub fn get_lanes(&self) -> u32 {
-        self.lanes
-    }
-
     /// How often a relay recounts the relays and takes or gives back lanes. Default 1 s.
     pub fn rebalance_interval(mut self, interval: Duration) -> Self {
         self.rebalance_interval = interval;

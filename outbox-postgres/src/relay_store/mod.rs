@@ -30,7 +30,6 @@ use tokio::sync::Mutex;
 pub use config::PgRelayStoreConfig;
 pub(crate) use config::{check_lanes, check_lease};
 pub(crate) use preflight::refuse_poolers;
-pub(crate) use session::session_limits;
 
 use crate::error::Error;
 use crate::queries::Queries;
@@ -116,16 +115,16 @@ impl PgRelayStore {
 
     /// A handle that reads how many lanes this relay owns, without waiting for the store (for
     /// readiness checks).
-    pub fn lanes_owned(&self) -> LanesOwned {
-        LanesOwned(self.owned_count.clone())
+    pub fn owned_lane_count(&self) -> OwnedLaneCount {
+        OwnedLaneCount(self.owned_count.clone())
     }
 }
 
-/// How many lanes a relay owns right now; see [`PgRelayStore::lanes_owned`].
+/// How many lanes a relay owns right now; see [`PgRelayStore::owned_lane_count`].
 #[derive(Debug, Clone, Default)]
-pub struct LanesOwned(Arc<AtomicUsize>);
+pub struct OwnedLaneCount(Arc<AtomicUsize>);
 
-impl LanesOwned {
+impl OwnedLaneCount {
     /// The number of lanes owned.
     pub fn get(&self) -> usize {
         self.0.load(Ordering::Relaxed)

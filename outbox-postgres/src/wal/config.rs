@@ -123,14 +123,4 @@ impl PgWalStoreConfig {
         self.buffer_bytes = bytes;
         Ok(self)
     }
-
-    /// The slot read.
-    pub fn get_slot(&self) -> &SlotName {
-        &self.slot
-    }
-
-    /// The prefix published.
-    pub fn get_prefix(&self) -> &str {
-        &self.prefix
-    }
 }

@@ -56,6 +56,15 @@ pub enum Capture {
 }
 
 impl Settings {
+    /// How the value of the setting `key` (`relay.lanes`) is shown, secrets redacted; empty for a
+    /// key that is not a setting.
+    pub fn shown(&self, key: &str) -> &str {
+        self.effective
+            .iter()
+            .find(|effective| effective.key == key)
+            .map_or("", |effective| effective.shown.as_str())
+    }
+
     /// Resolves the settings of `run` from `args`, the environment as `env` reports it, and the
     /// config file named by `--config` or `OUTBOX_CONFIG`.
     ///

@@ -1,4 +1,4 @@
-//! The runner purges inbox rows past the retention horizon.
+//! The runner purges inbox rows older than the retention period.
 
 use std::time::Duration;
 
@@ -8,11 +8,11 @@ use uuid::Uuid;
 
 use super::{INBOX_NAME, Running, fresh, group, publish_steps, step_consumer, wait_for_stats};
 
-/// A consumer sharing the inbox table, with a longer horizon of its own.
+/// A consumer sharing the inbox table, with a longer period of its own.
 const OTHER: &str = "audit";
 
 #[tokio::test(flavor = "multi_thread")]
-async fn inbox_rows_past_the_horizon_are_purged_in_batches_and_recent_ones_kept()
+async fn inbox_rows_older_than_the_period_kept_are_purged_in_batches_and_recent_ones_kept()
 -> anyhow::Result<()> {
     let (db, topic) = fresh(1).await?;
     let old: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
