@@ -570,10 +570,10 @@ pub const ANY_PORT: &str = "127.0.0.1:0";
 /// What the relay logs once its listener is bound, followed by `address=`.
 const METRICS_LISTENING: &str = "serving /metrics, /healthz and /readyz";
 
-/// `line` without the escape sequences of terminal colours.
-fn without_colours(line: &str) -> String {
-    let mut plain = String::with_capacity(line.len());
-    let mut chars = line.chars();
+/// `text` (a program's log) without the escape sequences of terminal colours.
+pub fn without_colours(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
     while let Some(c) = chars.next() {
         if c == '\u{1b}' {
             // An SGR sequence: ESC [ parameters m.

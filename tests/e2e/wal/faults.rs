@@ -76,22 +76,7 @@ fn plain_log(relay: &RelayProcess) -> String {
 
 /// A log file without terminal colours.
 fn plain_text(log: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters final-byte
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
+    outbox_tests::without_colours(&std::fs::read_to_string(log).unwrap_or_default())
 }
 
 /// Waits until the relay's log, past its first `since` bytes (of [`plain_log`]), contains one of
