@@ -3,9 +3,7 @@
 use std::time::{Duration, Instant};
 
 use outbox_core::Message;
-use outbox_tests::{
-    InProcessRelay, TestDb, create_topic, init_logs, read_topic, run_relay_program, services,
-};
+use outbox_tests::{Fixture, InProcessRelay, TestDb, read_topic, run_relay_program, services};
 
 use crate::{quick_config, relay_program};
 
@@ -170,9 +168,7 @@ async fn migrate_creates_the_tables_once() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_larger_than_the_broker_accepts_is_parked_with_its_error_and_the_others_flow()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let topic = create_topic(1).await?;
+    let Fixture { db, topic } = Fixture::new(1).await?;
     let mut messages = Vec::new();
     for n in 0..5 {
         messages.push(Message::builder(&topic).key("same-key").json(&n)?);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use outbox_core::Message;
 use outbox_postgres::PgOutbox;
-use outbox_tests::{RelayProcess, TestDb, create_topic, init_logs, read_topic};
+use outbox_tests::{Fixture, RelayProcess, read_topic};
 use uuid::Uuid;
 
 use crate::relay_program;
@@ -47,9 +47,7 @@ impl Lcg {
 #[tokio::test(flavor = "multi_thread")]
 async fn three_relays_killed_at_random_while_writing_lose_nothing_and_keep_per_key_order()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let topic = create_topic(6).await?;
+    let Fixture { db, topic } = Fixture::new(6).await?;
     let messages: Vec<Message> = (0..MESSAGES)
         .map(|n| {
             Message::builder(&topic)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use outbox_core::Message;
 use outbox_postgres::PgOutbox;
-use outbox_tests::{RelayProcess, TestDb, create_topic, init_logs, read_topic};
+use outbox_tests::{Fixture, RelayProcess, TestDb, init_logs, read_topic};
 use uuid::Uuid;
 
 use crate::relay_program;
@@ -18,9 +18,7 @@ const KEYS: usize = 100;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_relay_killed_mid_backlog_and_restarted_loses_nothing_and_keeps_per_key_order()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let topic = create_topic(6).await?;
+    let Fixture { db, topic } = Fixture::new(6).await?;
     let mut enqueued: Vec<(String, Uuid)> = Vec::with_capacity(MESSAGES + GATES);
     enqueue_chunks(&db, &topic, 0..4, &mut enqueued).await?;
 

@@ -5,16 +5,14 @@ use std::time::Duration;
 
 use outbox_core::{Message, RetryPolicy};
 use outbox_postgres::{DeadLetterFilter, PgDeadLetters, PgRelayStoreConfig, Tables};
-use outbox_tests::{InProcessRelay, TestDb, create_topic, init_logs, kafka_config, read_topic};
+use outbox_tests::{Fixture, InProcessRelay, kafka_config, read_topic};
 
 use crate::quick_config;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_message_is_parked_the_lane_flows_on_and_replay_delivers_it_after_the_fix()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let topic = create_topic(1).await?;
+    let Fixture { db, topic } = Fixture::new(1).await?;
     let mut messages: Vec<Message> = (0..6)
         .map(|n| Message::builder(&topic).key("lane-key").json(&n))
         .collect::<Result<_, _>>()?;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use outbox_core::Message;
-use outbox_tests::{RelayProcess, TestDb, create_topic, init_logs, read_topic};
+use outbox_tests::{Fixture, RelayProcess, read_topic};
 
 use crate::relay_program;
 
@@ -37,9 +37,7 @@ fn signal(relay: &RelayProcess, name: &str) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_relay_paused_past_its_lease_publishes_and_deletes_nothing_after_its_successor_took_over()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let topic = create_topic(1).await?;
+    let Fixture { db, topic } = Fixture::new(1).await?;
     let messages: Vec<Message> = (0..MESSAGES)
         .map(|n| Message::builder(&topic).key("one-key").json(&n))
         .collect::<Result<_, _>>()?;

@@ -7,16 +7,14 @@ use std::time::Duration;
 use outbox_core::Message;
 use outbox_core::lane::java_partition;
 use outbox_postgres::PgOutbox;
-use outbox_tests::{InProcessRelay, TestDb, create_topic, init_logs, read_topic};
+use outbox_tests::{Fixture, InProcessRelay, TestDb, init_logs, read_topic};
 
 use crate::quick_config;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_committed_message_reaches_the_topic_with_key_payload_and_cloudevents_headers()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let topic = create_topic(3).await?;
+    let Fixture { db, topic } = Fixture::new(3).await?;
     sqlx::query("CREATE TABLE orders (id BIGINT PRIMARY KEY, total_cents BIGINT NOT NULL)")
         .execute(&db.pool)
         .await?;
@@ -62,9 +60,7 @@ async fn a_committed_message_reaches_the_topic_with_key_payload_and_cloudevents_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rolled_back_transaction_publishes_nothing() -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let topic = create_topic(1).await?;
+    let Fixture { db, topic } = Fixture::new(1).await?;
     let outbox = PgOutbox::new();
 
     let rolled_back = Message::builder(&topic).key("k").json(&"never")?;
@@ -95,9 +91,7 @@ async fn a_rolled_back_transaction_publishes_nothing() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_of_1000_messages_in_one_transaction_is_published_whole_and_in_order_per_key()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let topic = create_topic(4).await?;
+    let Fixture { db, topic } = Fixture::new(4).await?;
     let messages: Vec<Message> = (0..1000)
         .map(|n| {
             Message::builder(&topic)
@@ -134,9 +128,7 @@ async fn a_batch_of_1000_messages_in_one_transaction_is_published_whole_and_in_o
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_wakes_the_relay_long_before_its_next_poll() -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let topic = create_topic(1).await?;
+    let Fixture { db, topic } = Fixture::new(1).await?;
     let poll = Duration::from_secs(10);
     let relay = InProcessRelay::start(&db, quick_config().poll_interval(poll)?)?;
     // Let the relay reach its idle wait.

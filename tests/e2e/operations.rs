@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use outbox_core::Message;
 use outbox_tests::private::PrivateBroker;
-use outbox_tests::{ANY_PORT, RelayProcess, TestDb, create_topic, http_get, init_logs};
+use outbox_tests::{ANY_PORT, Fixture, RelayProcess, TestDb, create_topic, http_get, init_logs};
 use prometheus_parse::{Sample, Scrape, Value};
 use tokio::process::Command;
 use uuid::Uuid;
@@ -258,9 +258,7 @@ async fn readyz_turns_unready_when_the_broker_stops_and_ready_again_when_it_is_b
 #[tokio::test(flavor = "multi_thread")]
 async fn an_open_enqueuing_transaction_shows_as_horizon_lag_and_in_status_until_it_ends()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let topic = create_topic(2).await?;
+    let Fixture { db, topic } = Fixture::new(2).await?;
     // A service that enqueued and now waits on a slow remote call, its transaction open.
     let mut stalled = outbox_tests::connect(&db).await?;
     sqlx::raw_sql("SET application_name = 'orders-service'; BEGIN")
@@ -337,9 +335,7 @@ async fn a_topic_whose_partition_count_changes_is_logged_and_counted() -> anyhow
     use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
     use rdkafka::client::DefaultClientContext;
 
-    init_logs();
-    let db = TestDb::create().await?;
-    let topic = create_topic(2).await?;
+    let Fixture { db, topic } = Fixture::new(2).await?;
     db.enqueue_committed(&[Message::builder(&topic).key("k").json(&1)?])
         .await?;
     // Statistics and metadata refreshed every half second and second, instead of 10 s and 5 min.

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use outbox_core::Message;
-use outbox_tests::{RelayProcess, TestDb, create_topic, init_logs};
+use outbox_tests::{Fixture, RelayProcess, TestDb};
 
 use crate::relay_program;
 
@@ -31,9 +31,7 @@ async fn lanes_per_relay(db: &TestDb) -> anyhow::Result<Vec<i64>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_relay_joining_during_a_backlog_gets_its_share_of_lanes_within_seconds()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let topic = create_topic(4).await?;
+    let Fixture { db, topic } = Fixture::new(4).await?;
     let messages: Vec<Message> = (0..30_000)
         .map(|n| {
             Message::builder(&topic)

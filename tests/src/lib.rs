@@ -208,6 +208,25 @@ pub fn kafka_config_for(brokers: &str) -> ClientConfig {
     config
 }
 
+/// What most end-to-end tests start from: logs on, a database of the test's own, a fresh topic.
+pub struct Fixture {
+    /// The test's database (dropped with it).
+    pub db: TestDb,
+    /// A topic no other test uses.
+    pub topic: String,
+}
+
+impl Fixture {
+    /// A fresh database and a fresh topic of `partitions` partitions.
+    pub async fn new(partitions: i32) -> anyhow::Result<Self> {
+        init_logs();
+        Ok(Self {
+            db: TestDb::create().await?,
+            topic: create_topic(partitions).await?,
+        })
+    }
+}
+
 /// Creates a topic with a fresh random name, so that tests never see each other's records.
 pub async fn create_topic(partitions: i32) -> anyhow::Result<String> {
     create_topic_on(&services::brokers()?, partitions).await

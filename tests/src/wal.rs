@@ -10,7 +10,14 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::private::PrivatePostgres;
-use crate::{ChildProgram, RelayProcess, TestDb, kafka_config_for};
+use crate::{ChildProgram, Fixture, RelayProcess, TestDb, kafka_config_for};
+
+/// A [`Fixture`] whose database has its replication slot (see [`create_slot`]).
+pub async fn fixture(partitions: i32) -> anyhow::Result<(Fixture, SlotName)> {
+    let fixture = Fixture::new(partitions).await?;
+    let slot = create_slot(&fixture.db).await?;
+    Ok((fixture, slot))
+}
 
 /// Creates the test database's replication slot (named after the database) and returns its name.
 pub async fn create_slot(db: &TestDb) -> anyhow::Result<SlotName> {

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use outbox_core::Message;
-use outbox_tests::{
-    ANY_PORT, RelayProcess, TestDb, create_topic, init_logs, run_relay_program_output, wal,
-};
+use outbox_tests::{ANY_PORT, Fixture, RelayProcess, run_relay_program_output, wal};
 
 use crate::relay_program;
 
@@ -18,9 +16,7 @@ async fn relay_cli(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_slot_is_created_once_shown_with_its_reader_and_lag_and_dropped_only_when_unread()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let topic = create_topic(1).await?;
+    let Fixture { db, topic } = Fixture::new(1).await?;
     let slot = db.name.clone();
     let url = db.url.clone();
     let slot_args = ["--database-url", url.as_str(), "--slot", slot.as_str()];

@@ -8,8 +8,7 @@ use std::time::Duration;
 use outbox_core::Message;
 use outbox_postgres::{DeadLetterFilter, PgDeadLetters, Tables};
 use outbox_tests::{
-    ANY_PORT, RelayProcess, TestDb, create_topic, http_get, init_logs, read_topic,
-    run_relay_program_output, wal,
+    ANY_PORT, Fixture, RelayProcess, http_get, read_topic, run_relay_program_output, wal,
 };
 
 use crate::relay_program;
@@ -25,10 +24,7 @@ fn counter(page: &str, name: &str, reason: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn foreign_and_unreadable_logical_messages_are_skipped_or_kept_and_the_stream_goes_on()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let slot = wal::create_slot(&db).await?;
-    let topic = create_topic(1).await?;
+    let (Fixture { db, topic }, slot) = wal::fixture(1).await?;
     let before = Message::builder(&topic).key("k").json(&"before")?;
     let after = Message::builder(&topic).key("k").json(&"after")?;
     // A message whose envelope is fine but which breaks a rule of enqueue: a reserved header
@@ -99,10 +95,7 @@ async fn foreign_and_unreadable_logical_messages_are_skipped_or_kept_and_the_str
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_refused_for_good_is_dead_lettered_the_stream_flows_on_and_a_replay_publishes_it()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let slot = wal::create_slot(&db).await?;
-    let topic = create_topic(1).await?;
+    let (Fixture { db, topic }, slot) = wal::fixture(1).await?;
     let mut messages: Vec<Message> = (0..6)
         .map(|n| Message::builder(&topic).key("lane-key").json(&n))
         .collect::<Result<_, _>>()?;

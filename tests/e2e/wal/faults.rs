@@ -13,7 +13,7 @@ use outbox_postgres::{PgOutbox, SlotName};
 use outbox_tests::keyed::{self, Enqueued};
 use outbox_tests::private::{PrivateBroker, log_tail};
 use outbox_tests::{
-    Record, RelayProcess, TestDb, create_topic, create_topic_on, init_logs, read_topic,
+    Fixture, Record, RelayProcess, TestDb, create_topic, create_topic_on, init_logs, read_topic,
     read_topic_from, services, wal,
 };
 use sqlx::PgPool;
@@ -147,10 +147,7 @@ async fn read_all_now(brokers: &str, topic: &str) -> anyhow::Result<Vec<Record>>
 #[tokio::test(flavor = "multi_thread")]
 async fn a_relay_killed_twice_mid_stream_loses_nothing_and_repeats_only_what_it_had_not_confirmed()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let slot = wal::create_slot(&db).await?;
-    let topic = create_topic(6).await?;
+    let (Fixture { db, topic }, slot) = wal::fixture(6).await?;
     let brokers = services::brokers()?;
     let flags = flags(
         &slot,
@@ -291,10 +288,7 @@ fn the_reader(relays: &[&RelayProcess]) -> anyhow::Result<usize> {
 #[tokio::test(flavor = "multi_thread")]
 async fn of_two_relays_on_one_slot_one_reads_and_the_standby_takes_over_when_it_is_killed()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let slot = wal::create_slot(&db).await?;
-    let topic = create_topic(6).await?;
+    let (Fixture { db, topic }, slot) = wal::fixture(6).await?;
     let brokers = services::brokers()?;
     // The kill frees the lock at once; the lease only has to outlast a busy machine's pauses
     // between heartbeats, which would otherwise rightly hand the slot over early.
@@ -659,10 +653,7 @@ fn large_payload(n: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_of_200_mib_is_relayed_in_bounded_memory_and_in_order() -> anyhow::Result<()>
 {
-    init_logs();
-    let db = TestDb::create().await?;
-    let slot = wal::create_slot(&db).await?;
-    let topic = create_topic(6).await?;
+    let (Fixture { db, topic }, slot) = wal::fixture(6).await?;
     let keys = 12;
     let relay = spawn(&db, &flags(&slot, &[]))?;
     // Warmed up: connected, reading the stream, its producer created and used once.
@@ -788,10 +779,7 @@ fn on_topic(records: &[Record], id: uuid::Uuid) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_open_transaction_does_not_hold_back_later_ones_and_its_message_follows_its_commit()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let slot = wal::create_slot(&db).await?;
-    let topic = create_topic(3).await?;
+    let (Fixture { db, topic }, slot) = wal::fixture(3).await?;
     let flags = flags(&slot, &["--lease", "5s", "--poll-interval", "100ms"]);
     let relay = spawn(&db, &flags)?;
     let (mut open, held) = open_transaction(&db, &topic).await?;
@@ -841,10 +829,7 @@ async fn an_open_transaction_does_not_hold_back_later_ones_and_its_message_follo
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_open_across_a_relay_restart_is_still_published_after_its_commit()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let slot = wal::create_slot(&db).await?;
-    let topic = create_topic(3).await?;
+    let (Fixture { db, topic }, slot) = wal::fixture(3).await?;
     let flags = flags(&slot, &["--lease", "5s", "--poll-interval", "100ms"]);
     let (mut open, held) = open_transaction(&db, &topic).await?;
     let mut enqueued = all(&commit(&db.pool, &topic, 0..1_000).await?);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use outbox_core::Message;
 use outbox_postgres::PgOutbox;
 use outbox_tests::{
-    RelayProcess, TestDb, create_topic, init_logs, keyed, read_topic, services, wal,
+    Fixture, RelayProcess, create_topic, init_logs, keyed, read_topic, services, wal,
 };
 use sqlx::Connection;
 
@@ -15,10 +15,7 @@ use crate::relay_program;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_committed_message_reaches_the_topic_and_a_rolled_back_one_never_does()
 -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let slot = wal::create_slot(&db).await?;
-    let topic = create_topic(3).await?;
+    let (Fixture { db, topic }, slot) = wal::fixture(3).await?;
     sqlx::query("CREATE TABLE orders (id BIGINT PRIMARY KEY)")
         .execute(&db.pool)
         .await?;
@@ -67,10 +64,7 @@ async fn a_committed_message_reaches_the_topic_and_a_rolled_back_one_never_does(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn messages_of_many_transactions_arrive_in_commit_order_per_key() -> anyhow::Result<()> {
-    init_logs();
-    let db = TestDb::create().await?;
-    let slot = wal::create_slot(&db).await?;
-    let topic = create_topic(6).await?;
+    let (Fixture { db, topic }, slot) = wal::fixture(6).await?;
     let flags = wal::relay_flags(&slot);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let relay = RelayProcess::spawn(relay_program(), &db, &flags)?;
