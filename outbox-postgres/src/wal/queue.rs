@@ -10,6 +10,8 @@
 //!   one has no message left in the queue: confirming it never skips a message that was not
 //!   acknowledged or dead-lettered. Positions inside a transaction are never confirmed (the server
 //!   would resend the whole transaction anyway).
+//!
+//! (The file is long for its unit tests, the second half: the queue is about 290 lines.)
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
