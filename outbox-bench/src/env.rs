@@ -41,6 +41,8 @@ pub struct Bench {
     pub wal_buffer: usize,
     /// Replicas of each topic created.
     replication: i32,
+    /// The topics this run created, deleted at its end.
+    topics: std::sync::Mutex<Vec<String>>,
     name: String,
     admin: PgConnectOptions,
 }
@@ -98,6 +100,7 @@ impl Bench {
             slot: SlotName::new(&name)?,
             wal_buffer: options.max_in_flight.saturating_mul(2).clamp(1, 1_000_000),
             replication: options.replication_factor(),
+            topics: std::sync::Mutex::new(Vec::new()),
             name,
             admin,
         })
@@ -133,7 +136,7 @@ impl Bench {
         Ok(())
     }
 
-    /// Creates a topic with a fresh name (the broker keeps old ones; names never repeat).
+    /// Creates a topic with a fresh name (names never repeat); [`Bench::clean_up`] deletes it.
     ///
     /// # Errors
     /// When the broker refuses or does not answer.
@@ -156,12 +159,39 @@ impl Bench {
                 bail!("creating topic {topic} failed: {code}");
             }
         }
+        outbox_core::sync::lock(&self.topics).push(name.clone());
         Ok(name)
+    }
+
+    /// Deletes the topics of the run and drops its database (failures are only reported): a
+    /// broker that kept every run's records would fill its disk.
+    pub async fn clean_up(&self) {
+        let topics = std::mem::take(&mut *outbox_core::sync::lock(&self.topics));
+        if !topics.is_empty() {
+            let deleted = async {
+                let admin: AdminClient<DefaultClientContext> = self.kafka.create()?;
+                let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+                let results = admin
+                    .delete_topics(
+                        &names,
+                        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+                    )
+                    .await?;
+                anyhow::Ok(results.iter().filter(|result| result.is_ok()).count())
+            };
+            match deleted.await {
+                Ok(count) => crate::progress(format!("{count} of {} topics deleted", topics.len())),
+                Err(error) => {
+                    crate::progress(format!("could not delete the run's topics: {error:#}"))
+                }
+            }
+        }
+        self.drop_database().await;
     }
 
     /// Drops the benchmark database and, first, any replication slot left in it (failures are only
     /// reported).
-    pub async fn drop_database(&self) {
+    async fn drop_database(&self) {
         match crate::slot::drop_all_in(&self.connect).await {
             Ok(slots) if !slots.is_empty() => {
                 crate::progress(format!("replication slot(s) {} dropped", slots.join(", ")));

@@ -292,7 +292,7 @@ async fn run(part: Part, options: Options) -> anyhow::Result<()> {
     }
     let bench = env::Bench::create(&options).await?;
     let result = run_parts(&part, &options, &bench).await;
-    bench.drop_database().await;
+    bench.clean_up().await;
     let report = result?;
     report::write(&report, options.out.clone())
 }
