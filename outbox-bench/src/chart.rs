@@ -160,17 +160,7 @@ pub fn lines_svg(title: &str, lines: &[Series], note: &str) -> String {
         HEIGHT - BOTTOM,
         TOP,
     );
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{title}</text>"#,
-        (LEFT + WIDTH - RIGHT) / 2.0
-    );
+    let mut svg = open(title, (LEFT + WIDTH - RIGHT) / 2.0);
     for tick in x.ticks() {
         let px = x.map(tick);
         let _ = writeln!(
@@ -253,6 +243,21 @@ pub fn lines_svg(title: &str, lines: &[Series], note: &str) -> String {
     svg
 }
 
+/// A chart's start: the document, its white background and `title` centred on `centre`.
+fn open(title: &str, centre: f64) -> String {
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{centre}" y="22" text-anchor="middle" font-size="15">{title}</text>"#
+    );
+    svg
+}
+
 /// One bar: its label, its value and its colour.
 pub struct Bar {
     /// Under the bar.
@@ -272,17 +277,7 @@ pub fn bars_svg(title: &str, bars: &[Bar], unit: &str, note: &str) -> String {
     let plot_height = HEIGHT - top - bottom;
     let slot = plot_width / bars.len().max(1) as f64;
     let map = |value: f64| HEIGHT - bottom - value / high * plot_height;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{title}</text>"#,
-        left + plot_width / 2.0
-    );
+    let mut svg = open(title, left + plot_width / 2.0);
     let step = nice_step(high / 5.0);
     let mut tick = 0.0;
     while tick <= high {

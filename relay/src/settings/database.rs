@@ -80,13 +80,13 @@ impl WalSlot {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::io::Write;
 
     use clap::Parser;
 
     use super::*;
     use crate::cli::{Cli, Command, WalCommand};
     use crate::settings::Origin;
+    use crate::settings::tests::config_file;
 
     fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -117,15 +117,6 @@ mod tests {
         };
         let env = env_of(env);
         WalSlot::resolve(&args.settings, &|name| env.get(name).cloned())
-    }
-
-    fn config_file(text: &str) -> tempfile::NamedTempFile {
-        let mut file = tempfile::Builder::new()
-            .suffix(".toml")
-            .tempfile()
-            .expect("temp file");
-        file.write_all(text.as_bytes()).expect("write");
-        file
     }
 
     /// A file that `run` also reads: its Kafka and relay settings are no error for `status`.

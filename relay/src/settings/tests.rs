@@ -25,7 +25,8 @@ fn resolve_with(argv: &[&str], env: &[(&str, &str)]) -> Result<Settings, Setting
     Settings::resolve(&args(argv), &|name| env.get(name).cloned())
 }
 
-fn config_file(text: &str) -> tempfile::NamedTempFile {
+/// A TOML config file holding `text`, removed when dropped.
+pub(super) fn config_file(text: &str) -> tempfile::NamedTempFile {
     let mut file = tempfile::Builder::new()
         .suffix(".toml")
         .tempfile()
