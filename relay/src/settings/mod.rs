@@ -14,7 +14,7 @@
 //! | [`table`] | the rows |
 //! | [`values`] | what a row allows, and the parsers |
 //! | [`scope`] | which rows each subcommand takes, and the clap flags made from them |
-//! | [`file`] | the TOML file, flattened to `section.key` |
+//! | [`file`](mod@file) | the TOML file, flattened to `section.key` |
 //! | [`layers`] | flag > environment > file > default, origins and errors |
 //! | [`database`] | the database settings every subcommand uses |
 //! | [`run`] / [`kafka`] | `run`'s settings built into the libraries' configurations |
