@@ -67,6 +67,26 @@ pub async fn enqueue_through(
 /// Checks what a consumer of the topic observes: every enqueued message present with its payload,
 /// per key the first occurrences in enqueue order. Returns the number of duplicates.
 pub fn verify(records: &[Record], enqueued: &[Enqueued]) -> anyhow::Result<usize> {
+    Ok(verify_allowing(records, enqueued, |_, _| false)?.duplicates)
+}
+
+/// What [`verify_allowing`] saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Verified {
+    /// Records beyond one per message.
+    pub duplicates: usize,
+    /// Messages that first appeared before a predecessor of their key, as allowed.
+    pub allowed_inversions: usize,
+}
+
+/// [`verify`], except that a message may first appear before a predecessor of its key when
+/// `may_invert(predecessor, message)` says so: a reorder window the caller provokes on purpose
+/// and names. Every other pair keeps its order, also relative to a predecessor that came late.
+pub fn verify_allowing(
+    records: &[Record],
+    enqueued: &[Enqueued],
+    may_invert: impl Fn(&Enqueued, &Enqueued) -> bool,
+) -> anyhow::Result<Verified> {
     let mut first_seen: HashMap<Uuid, &Record> = HashMap::new();
     for record in records {
         let id = record
@@ -94,7 +114,9 @@ pub fn verify(records: &[Record], enqueued: &[Enqueued]) -> anyhow::Result<usize
         enqueued.len(),
         "the topic holds only the enqueued messages"
     );
-    let mut previous: HashMap<&str, &Record> = HashMap::new();
+    // Per key: the predecessor that first appeared last, and its message.
+    let mut previous: HashMap<&str, (&Record, &Enqueued)> = HashMap::new();
+    let mut allowed_inversions = 0;
     for message in enqueued {
         let record = first_seen[&message.id];
         assert_eq!(
@@ -104,23 +126,37 @@ pub fn verify(records: &[Record], enqueued: &[Enqueued]) -> anyhow::Result<usize
             message.n
         );
         assert_eq!(record.key.as_deref(), Some(message.key.as_bytes()));
-        if let Some(before) = previous.insert(&message.key, record) {
-            assert_eq!(
-                before.partition, record.partition,
-                "{}: one key, one partition",
-                message.key
-            );
-            assert!(
-                record.offset > before.offset,
-                "{}: message {} first appeared at offset {}, before its predecessor (offset {})",
-                message.key,
-                message.n,
-                record.offset,
-                before.offset
-            );
+        match previous.get(message.key.as_str()).copied() {
+            None => {
+                previous.insert(&message.key, (record, message));
+            }
+            Some((before, predecessor)) => {
+                assert_eq!(
+                    before.partition, record.partition,
+                    "{}: one key, one partition",
+                    message.key
+                );
+                if record.offset > before.offset {
+                    previous.insert(&message.key, (record, message));
+                } else {
+                    assert!(
+                        may_invert(predecessor, message),
+                        "{}: message {} first appeared at offset {}, before its predecessor {} (offset {})",
+                        message.key,
+                        message.n,
+                        record.offset,
+                        predecessor.n,
+                        before.offset
+                    );
+                    allowed_inversions += 1;
+                }
+            }
         }
     }
-    Ok(records.len() - enqueued.len())
+    Ok(Verified {
+        duplicates: records.len() - enqueued.len(),
+        allowed_inversions,
+    })
 }
 
 /// Messages still in the outbox.

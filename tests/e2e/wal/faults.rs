@@ -626,14 +626,24 @@ async fn a_postgres_restart_mid_stream_loses_nothing_and_the_relay_recovers_by_i
 
     let records = read_topic(&topic, usize::MAX, Duration::from_secs(5)).await?;
     let enqueued = all(&committed);
-    let duplicates = keyed::verify(&records, &enqueued)?;
+    // The relay was frozen at an arbitrary moment, possibly with a batch half in librdkafka's
+    // hands, and resumed with its producer alive: reorder window R3 (docs/guarantees.md). A
+    // message the frozen relay had handed over may have timed out and been published again after
+    // a successor of its key that was delivered. Only messages committed before the freeze can
+    // have been handed over; every message committed after it keeps its key's order.
+    let verified = keyed::verify_allowing(&records, &enqueued, |predecessor, message| {
+        predecessor.n < 3_000 && message.n < 3_000
+    })?;
     println!(
         "postgres stopped in {stopped_in:?} with the relay frozen; it logged `{noticed}`, read the \
          slot again ({} streams started) and confirmed everything {recovered_in:?} after the \
-         restart; {} records for {} messages: 0 lost, {duplicates} duplicates",
+         restart; {} records for {} messages: 0 lost, {} duplicates, {} inversions of R3 among \
+         the messages committed before the freeze",
         log.matches("replication stream started").count(),
         records.len(),
-        enqueued.len()
+        enqueued.len(),
+        verified.duplicates,
+        verified.allowed_inversions
     );
     pool.close().await;
     Ok(())
