@@ -234,13 +234,7 @@ pub fn lines_svg(title: &str, lines: &[Series], note: &str) -> String {
             line.label
         );
     }
-    let _ = writeln!(
-        svg,
-        r##"<text x="{LEFT}" y="{}" font-size="11" fill="#555">{note}</text>"##,
-        HEIGHT - 4.0
-    );
-    svg.push_str("</svg>\n");
-    svg
+    close(svg, note)
 }
 
 /// A chart's start: the document, its white background and `title` centred on `centre`.
@@ -255,6 +249,17 @@ fn open(title: &str, centre: f64) -> String {
         svg,
         r#"<text x="{centre}" y="22" text-anchor="middle" font-size="15">{title}</text>"#
     );
+    svg
+}
+
+/// A chart's end: `note` under the plot, and the document closed.
+fn close(mut svg: String, note: &str) -> String {
+    let _ = writeln!(
+        svg,
+        r##"<text x="{LEFT}" y="{}" font-size="11" fill="#555">{note}</text>"##,
+        HEIGHT - 4.0
+    );
+    svg.push_str("</svg>\n");
     svg
 }
 
@@ -328,13 +333,7 @@ pub fn bars_svg(title: &str, bars: &[Bar], unit: &str, note: &str) -> String {
         r#"<text transform="translate(18 {}) rotate(-90)" text-anchor="middle">{unit}</text>"#,
         top + plot_height / 2.0
     );
-    let _ = writeln!(
-        svg,
-        r##"<text x="{left}" y="{}" font-size="11" fill="#555">{note}</text>"##,
-        HEIGHT - 4.0
-    );
-    svg.push_str("</svg>\n");
-    svg
+    close(svg, note)
 }
 
 /// 1, 2 or 5 times a power of ten, at least `rough`.

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::drain::DrainReport;
-use crate::latency::LatencyReport;
+use crate::latency::{BrokerFloor, LatencyPoint, LatencyReport};
 use crate::report::Report;
 use crate::scaling::ScalingReport;
 use crate::sustained::SustainedReport;
@@ -190,37 +190,46 @@ fn sustained_section(md: &mut String, s: &SustainedReport) {
     );
 }
 
-fn latency_section(md: &mut String, l: &LatencyReport) {
+/// A latency point's first nine cells: its label, offered and achieved rates, and commit → ack
+/// and commit → receipt p50, p99 and max (ms).
+pub fn latency_cells(label: String, p: &LatencyPoint) -> Vec<String> {
     let ms = |v: f64| format!("{v:.1}");
+    vec![
+        label,
+        p.offered.to_string(),
+        format!("{:.0}", p.achieved),
+        ms(p.ack.p50_ms),
+        ms(p.ack.p99_ms),
+        ms(p.ack.max_ms),
+        ms(p.receipt.p50_ms),
+        ms(p.receipt.p99_ms),
+        ms(p.receipt.max_ms),
+    ]
+}
+
+/// The broker alone's row in the same columns: its send → ack in the commit → ack cells, the three
+/// receipt cells empty.
+pub fn broker_floor_cells(f: &BrokerFloor) -> Vec<String> {
+    let ms = |v: f64| format!("{v:.1}");
+    let mut row = vec![
+        "broker alone (send→ack, no database)".into(),
+        f.offered.to_string(),
+        f.offered.to_string(),
+        ms(f.ack.p50_ms),
+        ms(f.ack.p99_ms),
+        ms(f.ack.max_ms),
+    ];
+    row.extend([String::new(), String::new(), String::new()]);
+    row
+}
+
+fn latency_section(md: &mut String, l: &LatencyReport) {
     let mut rows: Vec<Vec<String>> = l
         .points
         .iter()
-        .map(|p| {
-            vec![
-                p.mode.clone(),
-                p.offered.to_string(),
-                format!("{:.0}", p.achieved),
-                ms(p.ack.p50_ms),
-                ms(p.ack.p99_ms),
-                ms(p.ack.max_ms),
-                ms(p.receipt.p50_ms),
-                ms(p.receipt.p99_ms),
-                ms(p.receipt.max_ms),
-            ]
-        })
+        .map(|p| latency_cells(p.mode.clone(), p))
         .collect();
-    rows.extend(l.broker_floor.iter().map(|f| {
-        let mut row = vec![
-            "broker alone (send→ack, no database)".into(),
-            f.offered.to_string(),
-            f.offered.to_string(),
-            ms(f.ack.p50_ms),
-            ms(f.ack.p99_ms),
-            ms(f.ack.max_ms),
-        ];
-        row.extend(["".to_owned(), "".to_owned(), "".to_owned()]);
-        row
-    }));
+    rows.extend(l.broker_floor.iter().map(broker_floor_cells));
     section(
         md,
         &format!("Latency ({} s per load; ms)", l.seconds),

@@ -98,33 +98,18 @@ pub fn section(md: &mut String, w: &WalReport) {
             } else {
                 format!("table mode ({})", p.mode)
             };
-            vec![
-                capture,
-                p.offered.to_string(),
-                format!("{:.0}", p.achieved),
-                ms(p.ack.p50_ms),
-                ms(p.ack.p99_ms),
-                ms(p.ack.max_ms),
-                ms(p.receipt.p50_ms),
-                ms(p.receipt.p99_ms),
-                ms(p.receipt.max_ms),
+            let mut row = markdown::latency_cells(capture, p);
+            row.extend([
                 ms(p.handed.p99_ms),
                 ms(p.publish.p99_ms),
                 ms(p.wake_delay.p99_ms),
-            ]
+            ]);
+            row
         })
         .collect();
     rows.extend(l.broker_floor.iter().map(|f| {
-        let mut row = vec![
-            "broker alone (send→ack, no database)".into(),
-            f.offered.to_string(),
-            f.offered.to_string(),
-            ms(f.ack.p50_ms),
-            ms(f.ack.p99_ms),
-            ms(f.ack.max_ms),
-        ];
-        row.extend([String::new(), String::new(), String::new(), String::new()]);
-        row.extend([ms(f.ack.p99_ms), String::new()]);
+        let mut row = markdown::broker_floor_cells(f);
+        row.extend([String::new(), ms(f.ack.p99_ms), String::new()]);
         row
     }));
     let ratios: Vec<String> = l
