@@ -7,4 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 services=$(scripts/services.sh) # fails the script if a service cannot start
 eval "$services"
+scripts/build-deps.sh
 exec cargo run --quiet -p outbox-examples --bin orders-demo -- "$@"

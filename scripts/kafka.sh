@@ -6,12 +6,23 @@
 #   scripts/kafka.sh fetch
 #       Fetches the broker's jars (scripts/kafka/pom.xml) with Maven into a cache folder, once, and
 #       compiles the readiness probe; prints the cache folder. Later calls reuse the cache.
-#   scripts/kafka.sh init DIR ID PORT CONTROLLER_PORT VOTERS CLUSTER_ID REPLICATION [KEY=VALUE...]
+#   scripts/kafka.sh init DIR ID PORT CONTROLLER_PORT VOTERS CLUSTER_ID REPLICATION [OPTION...]
 #       Writes DIR/server.properties for node ID (clients on 127.0.0.1:PORT, controller on
 #       CONTROLLER_PORT, quorum VOTERS as `1@127.0.0.1:9093,...`) and formats DIR/data for
 #       CLUSTER_ID. REPLICATION is the default replication factor; with 3 or more,
-#       min.insync.replicas is 2. Extra KEY=VALUE lines are appended. Does nothing if DIR is
-#       already formatted.
+#       min.insync.replicas is 2. Does nothing if DIR is already formatted. Options:
+#         KEY=VALUE                   a line appended to server.properties
+#         --sasl-ssl=PORT:KEYSTORE:PASSWORD
+#                                     a second client listener on 127.0.0.1:PORT, SASL_SSL with
+#                                     SCRAM-SHA-512 only, its certificate and key in the PKCS12
+#                                     file KEYSTORE; the KRaft StandardAuthorizer then checks
+#                                     ACLs for its principals (the plaintext listeners' principal,
+#                                     ANONYMOUS, is a super user)
+#         --scram=USER:PASSWORD       a SCRAM-SHA-512 credential, written when the storage is
+#                                     formatted
+#   scripts/kafka.sh acls BOOTSTRAP GRANT...
+#       Grants ACLs through BOOTSTRAP (a plaintext listener); GRANT is
+#       PRINCIPAL:RESOURCE_TYPE:PATTERN_TYPE:NAME:OPERATION[,OPERATION...] (scripts/kafka/Acls.java).
 #   scripts/kafka.sh run DIR        Runs the node in the foreground (the process becomes the JVM).
 #   scripts/kafka.sh start DIR      Runs it in the background, output appended to DIR/kafka.log,
 #                                   pid in DIR/kafka.pid; fails if that port is taken by another
@@ -36,7 +47,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache_root=${OUTBOX_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/outbox}
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/kafka/pom.xml")
 # The cache is keyed by what it is made from: a change to the pom or the probe fetches anew.
-cache_key=$(cat "$here/kafka/pom.xml" "$here/kafka/Ready.java" | sha256sum | cut -c1-12)
+cache_key=$(cat "$here/kafka/pom.xml" "$here"/kafka/*.java | sha256sum | cut -c1-12)
 cache=$cache_root/kafka-$kafka_version-$cache_key
 java=${JAVA_HOME:+$JAVA_HOME/bin/}java
 javac=${JAVA_HOME:+$JAVA_HOME/bin/}javac
@@ -82,8 +93,8 @@ fetch() {
   fi
   ls "$tmp/libs"/kafka_2.13-"$kafka_version".jar >/dev/null 2>&1 ||
     fail "Maven finished but kafka_2.13-$kafka_version.jar is not in $tmp/libs"
-  "$javac" -nowarn -cp "$tmp/libs/*" -d "$tmp/classes" "$here/kafka/Ready.java" >&2 ||
-    fail "compiling the readiness probe (scripts/kafka/Ready.java) failed"
+  "$javac" -nowarn -cp "$tmp/libs/*" -d "$tmp/classes" "$here"/kafka/*.java >&2 ||
+    fail "compiling the helpers (scripts/kafka/*.java) failed"
   rm -rf "$cache"
   mv "$tmp" "$cache"
   touch "$cache/complete"
@@ -105,10 +116,23 @@ node_pid() { # DIR: the pid of the node's JVM, if it runs
 }
 
 init() {
-  (($# >= 7)) || fail "usage: kafka.sh init DIR ID PORT CONTROLLER_PORT VOTERS CLUSTER_ID REPLICATION [KEY=VALUE...]"
+  (($# >= 7)) || fail "usage: kafka.sh init DIR ID PORT CONTROLLER_PORT VOTERS CLUSTER_ID REPLICATION [OPTION...]"
   local dir=$1 id=$2 port=$3 controller_port=$4 voters=$5 cluster_id=$6 replication=$7
   shift 7
   [[ -f $dir/data/meta.properties ]] && return 0
+  local extra=() scram=() secure="" option
+  for option in "$@"; do
+    case $option in
+    --sasl-ssl=*:*:*) secure=${option#--sasl-ssl=} ;;
+    --scram=*:*)
+      option=${option#--scram=}
+      scram+=(--add-scram "SCRAM-SHA-512=[name=${option%%:*},password=${option#*:}]")
+      ;;
+    --*) fail "unknown option of kafka.sh init: ${option%%=*}" ;;
+    *=*) extra+=("$option") ;;
+    *) fail "kafka.sh init: not KEY=VALUE or an option: $option" ;;
+    esac
+  done
   fetch
   local min_isr=1
   ((replication >= 3)) && min_isr=2
@@ -119,11 +143,28 @@ init() {
     echo "process.roles=broker,controller"
     echo "node.id=$id"
     echo "controller.quorum.voters=$voters"
-    echo "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port"
-    echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port"
+    if [[ -n $secure ]]; then
+      local secure_port=${secure%%:*} keystore=${secure#*:}
+      local keystore_password=${keystore#*:}
+      keystore=${keystore%%:*}
+      echo "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,SASL_SSL://127.0.0.1:$secure_port"
+      echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$secure_port"
+      echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL"
+      echo "sasl.enabled.mechanisms=SCRAM-SHA-512"
+      echo "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+      echo "listener.name.sasl_ssl.ssl.keystore.type=PKCS12"
+      echo "listener.name.sasl_ssl.ssl.keystore.location=$keystore"
+      echo "listener.name.sasl_ssl.ssl.keystore.password=$keystore_password"
+      echo "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+      echo "super.users=User:ANONYMOUS"
+      echo "allow.everyone.if.no.acl.found=false"
+    else
+      echo "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port"
+      echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port"
+      echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    fi
     echo "controller.listener.names=CONTROLLER"
     echo "inter.broker.listener.name=PLAINTEXT"
-    echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
     echo "log.dirs=$dir/data"
     echo "num.partitions=1"
     echo "default.replication.factor=$replication"
@@ -136,11 +177,11 @@ init() {
     echo "share.coordinator.state.topic.min.isr=$min_isr"
     echo "group.initial.rebalance.delay.ms=0"
     echo "auto.create.topics.enable=true"
-    local extra
-    for extra in "$@"; do echo "$extra"; done
+    local line
+    for line in "${extra[@]}"; do echo "$line"; done
   } >"$dir/server.properties"
   "$java" -Xmx256m -Dlog4j2.configurationFile="$here/kafka/log4j2.properties" -cp "$cache/libs/*" \
-    kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" >>"$dir/kafka.log" 2>&1 || {
+    kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" "${scram[@]}" >>"$dir/kafka.log" 2>&1 || {
     tail -20 "$dir/kafka.log" >&2
     fail "formatting the storage of node $id failed (log: $dir/kafka.log)"
   }
@@ -160,15 +201,14 @@ run() {
 
 node_port() { sed -n 's|^listeners=PLAINTEXT://127.0.0.1:\([0-9]*\),.*|\1|p' "$1/server.properties"; }
 node_controller_port() { sed -n 's|^listeners=.*CONTROLLER://127.0.0.1:\([0-9]*\).*|\1|p' "$1/server.properties"; }
+node_secure_port() { sed -n 's|^listeners=.*SASL_SSL://127.0.0.1:\([0-9]*\).*|\1|p' "$1/server.properties"; }
 
 start() {
-  local dir port controller_port
+  local dir p
   dir=$(cd "$1" && pwd)
   [[ -f $dir/server.properties ]] || fail "$dir is not a Kafka node (run kafka.sh init first)"
   node_pid "$dir" >/dev/null && return 0
-  port=$(node_port "$dir")
-  controller_port=$(node_controller_port "$dir")
-  for p in "$port" "$controller_port"; do
+  for p in $(node_port "$dir") $(node_controller_port "$dir") $(node_secure_port "$dir"); do
     port_open "$p" && fail "port $p on 127.0.0.1 is taken by another process (not the Kafka node in $dir); stop it or choose other ports"
   done
   fetch
@@ -239,6 +279,15 @@ wait_ready() {
   done
 }
 
+acls() {
+  (($# >= 2)) || fail "usage: kafka.sh acls BOOTSTRAP GRANT..."
+  fetch
+  local output
+  output=$("$java" -Xmx128m -cp "$cache/classes:$cache/libs/*" -Dlog4j2.configurationFile="$here/kafka/log4j2.properties" \
+    Acls "$@" 2>&1) || fail "${output##*$'\n'}"
+  log "${output##*$'\n'}"
+}
+
 cluster_id() {
   fetch
   local output
@@ -256,6 +305,7 @@ run) run "$@" ;;
 start) start "$@" ;;
 stop) stop "$@" ;;
 wait) wait_ready "$@" ;;
+acls) acls "$@" ;;
 cluster-id) cluster_id ;;
-*) fail "usage: kafka.sh fetch | init | run | start | stop | wait | cluster-id (see the top of $0)" ;;
+*) fail "usage: kafka.sh fetch | init | run | start | stop | wait | acls | cluster-id (see the top of $0)" ;;
 esac

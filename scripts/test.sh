@@ -4,6 +4,7 @@
 # binary that is red, not only the first. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/build-deps.sh
 services=$(scripts/services.sh) # fails the script if a service cannot start
 eval "$services"
 cargo test --workspace --no-fail-fast "$@"

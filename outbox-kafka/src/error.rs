@@ -31,15 +31,29 @@ pub enum Error {
     },
 
     /// No broker answered within the timeout.
-    #[error("no Kafka broker answered at `{brokers}` within {timeout:?}")]
+    #[error(
+        "no Kafka broker answered at `{brokers}` within {timeout:?} (the client's last error: {last_error})"
+    )]
     Unreachable {
         /// The bootstrap servers.
         brokers: String,
         /// How long it waited.
         timeout: std::time::Duration,
+        /// The last error the client reported, as librdkafka described it.
+        last_error: String,
         /// The last error.
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
+    },
+
+    /// The brokers refused the client as configured: its credentials, its TLS handshake (a
+    /// certificate its CA does not vouch for) or its SASL mechanism. Retrying would not help.
+    #[error("the Kafka brokers at `{brokers}` refused the connection: {reason}")]
+    Refused {
+        /// The bootstrap servers.
+        brokers: String,
+        /// What the client reported, as librdkafka described it.
+        reason: String,
     },
 
     /// A consumed record does not carry what the inbox needs (a `ce_id` header holding a UUID).

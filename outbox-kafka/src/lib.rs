@@ -10,13 +10,18 @@
 //!   typed handlers by `ce_type`, partitions in parallel and each in order, offsets committed only
 //!   after the database commit, retries with backoff, a [`dead_letter`] topic, inbox retention.
 
+mod client_errors;
 mod consumer;
 pub mod dead_letter;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 mod offsets;
 pub mod partition_watch;
 mod producer_config;
+mod producer_context;
 mod publisher;
 mod received;
 pub mod record;
@@ -30,6 +35,7 @@ pub use consumer::{
 pub use dead_letter::DeadLetterReason;
 pub use error::{Error, classify};
 pub use handler::{Handler, HandlerFuture, UnknownTypes, handler_fn};
+pub use producer_context::ProducerContext;
 pub use publisher::{KafkaPublisher, Producer};
 pub use rdkafka::ClientConfig;
 pub use received::Received;

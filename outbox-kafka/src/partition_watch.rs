@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use rdkafka::ClientContext;
 use rdkafka::statistics::Statistics;
 
 /// Gauge, label `topic`: partitions the producer knows for the topic.
@@ -19,7 +18,8 @@ pub const TOPIC_PARTITIONS: &str = "outbox_topic_partitions";
 /// moves keys to other partitions.
 pub const PARTITION_CHANGES: &str = "outbox_topic_partition_changes_total";
 
-/// The producer's context: reads the statistics librdkafka emits every `statistics.interval.ms`.
+/// Reads the statistics librdkafka emits every `statistics.interval.ms` (through the producer's
+/// context, [`crate::ProducerContext`]).
 #[derive(Debug, Default)]
 pub struct PartitionWatch {
     known: Mutex<HashMap<String, usize>>,
@@ -49,10 +49,9 @@ impl PartitionWatch {
             }
         }
     }
-}
 
-impl ClientContext for PartitionWatch {
-    fn stats(&self, statistics: Statistics) {
+    /// Takes in one statistics report.
+    pub fn stats(&self, statistics: Statistics) {
         self.observe(statistics.topics.iter().map(|(name, topic)| {
             // -1 is librdkafka's internal partition for records not assigned yet.
             let partitions = topic

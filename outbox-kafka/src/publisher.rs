@@ -14,9 +14,10 @@ use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
+use crate::client_errors::ClientErrors;
 use crate::error::{Error, classify};
-use crate::partition_watch::PartitionWatch;
 use crate::producer_config;
+use crate::producer_context::ProducerContext;
 use crate::record;
 use crate::topic_route::TopicRoute;
 
@@ -40,14 +41,16 @@ impl std::fmt::Debug for KafkaPublisher {
     }
 }
 
-/// The relay's producer: its context watches the topics' partition counts.
-pub type Producer = FutureProducer<PartitionWatch>;
+/// The relay's producer: its context watches the topics' partition counts and keeps the client's
+/// errors.
+pub type Producer = FutureProducer<ProducerContext>;
 
 /// The producer in use, replaced after a fatal error, and the configuration to make a new one from.
 #[derive(Clone)]
 struct ProducerSlot {
     producer: Arc<std::sync::RwLock<Producer>>,
     config: Arc<ClientConfig>,
+    errors: Arc<ClientErrors>,
 }
 
 impl ProducerSlot {
@@ -67,7 +70,10 @@ impl ProducerSlot {
         if current.client().native_ptr() != failed.client().native_ptr() {
             return;
         }
-        match self.config.create_with_context(PartitionWatch::default()) {
+        match self
+            .config
+            .create_with_context(ProducerContext::reporting_to(self.errors.clone()))
+        {
             Ok(fresh) => {
                 tracing::warn!(?fatal, "replacing the Kafka producer after a fatal error");
                 *current = fresh;
@@ -89,6 +95,7 @@ impl KafkaPublisher {
     /// [`Error::Kafka`] when librdkafka rejects the configuration.
     pub fn new(config: &ClientConfig) -> Result<Self, Error> {
         let (config, send_timeout) = producer_config::prepare(config)?;
+        let errors = Arc::new(ClientErrors::default());
         let brokers = config
             .get("bootstrap.servers")
             .unwrap_or_default()
@@ -96,9 +103,10 @@ impl KafkaPublisher {
         Ok(Self {
             producer: ProducerSlot {
                 producer: Arc::new(std::sync::RwLock::new(
-                    config.create_with_context(PartitionWatch::default())?,
+                    config.create_with_context(ProducerContext::reporting_to(errors.clone()))?,
                 )),
                 config: Arc::new(config),
+                errors,
             },
             brokers,
             route: TopicRoute::default(),
@@ -116,19 +124,44 @@ impl KafkaPublisher {
     /// Waits until a broker answers a metadata request.
     ///
     /// # Errors
-    /// [`Error::Unreachable`] naming the brokers when none answered within `timeout`.
+    /// [`Error::Refused`] as soon as the brokers refuse the client (its credentials, its TLS
+    /// handshake, its SASL mechanism): retrying would not help. [`Error::Unreachable`] naming the
+    /// brokers and the client's last error when none answered within `timeout`.
     pub async fn check_reachable(&self, timeout: Duration) -> Result<(), Error> {
-        let producer = self.producer();
-        let result = tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(None, timeout).map(|_| ())
-        })
-        .await
-        .unwrap_or_else(|_| Err(KafkaError::Canceled));
-        result.map_err(|source| Error::Unreachable {
-            brokers: self.brokers.clone(),
-            timeout,
-            source,
-        })
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let producer = self.producer();
+            // Short requests, so that a refusal reported meanwhile ends the wait.
+            let slice = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .clamp(Duration::from_millis(1), Duration::from_millis(500));
+            let result = tokio::task::spawn_blocking(move || {
+                producer.client().fetch_metadata(None, slice).map(|_| ())
+            })
+            .await
+            .unwrap_or_else(|_| Err(KafkaError::Canceled));
+            let source = match result {
+                Ok(()) => return Ok(()),
+                Err(source) => source,
+            };
+            let errors = &self.producer.errors;
+            if let Some(reason) = errors.refusal() {
+                return Err(Error::Refused {
+                    brokers: self.brokers.clone(),
+                    reason,
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unreachable {
+                    brokers: self.brokers.clone(),
+                    timeout,
+                    last_error: errors
+                        .last_error()
+                        .unwrap_or_else(|| "none reported".to_owned()),
+                    source: Box::new(source),
+                });
+            }
+        }
     }
 
     /// Waits for everything queued to be sent (used on shutdown).

@@ -18,27 +18,37 @@ pub(crate) struct RawRecord {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The record has a header whose name is not UTF-8: its headers could not be read (and are
+    /// empty here).
+    pub unreadable_header_name: bool,
 }
 
 impl RawRecord {
     /// Copies a record out of librdkafka's buffer.
     pub fn from_message(message: &BorrowedMessage<'_>) -> Self {
-        let headers = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        // rdkafka panics on a header name that is not UTF-8 (it unwraps the conversion), which any
+        // producer can write. Such a record is undecodable, not a reason to bring the consumer
+        // down: the panic is caught, and the record goes to the dead letters without its headers.
+        let headers = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        }));
+        let unreadable_header_name = headers.is_err();
         Self {
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
-            headers,
+            headers: headers.unwrap_or_default(),
+            unreadable_header_name,
         }
     }
 
@@ -54,6 +64,11 @@ impl RawRecord {
             offset: self.offset,
             reason,
         };
+        if self.unreadable_header_name {
+            return Err(undecodable(
+                "a header name is not UTF-8, so its headers cannot be read".into(),
+            ));
+        }
         let mut id = None;
         let mut received = Received {
             id: Uuid::nil(),
@@ -170,6 +185,7 @@ pub(crate) mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), Some(v.as_bytes().to_vec())))
                 .collect(),
+            unreadable_header_name: false,
         }
     }
 

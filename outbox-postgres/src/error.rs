@@ -112,6 +112,17 @@ pub enum Error {
         source: pgwire_replication::PgWireError,
     },
 
+    /// A replication connection could not be made: its TLS handshake, its login or
+    /// `pg_hba.conf`'s `replication` line refused it, or the server did not answer.
+    #[error("cannot open a replication connection to {target}")]
+    ReplicationConnection {
+        /// Where it went and as whom (`user@host:port/database`).
+        target: String,
+        /// The replication client's error.
+        #[source]
+        source: pgwire_replication::PgWireError,
+    },
+
     /// A message does not fit the WAL envelope (a field longer than its length prefix).
     #[error(transparent)]
     Envelope(#[from] crate::wal::TooLong),

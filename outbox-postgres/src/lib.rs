@@ -21,11 +21,15 @@
 
 mod dead_letters;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod horizon;
 mod inbox;
 mod lease;
 mod migrations;
 mod outbox;
+mod privileges;
 mod queries;
 mod relay_store;
 mod rows;
@@ -39,6 +43,7 @@ pub use error::Error;
 pub use inbox::PgInbox;
 pub use migrations::{Migration, migrate, migrations, pending_migrations};
 pub use outbox::{DEFAULT_MAX_MESSAGE_BYTES, PgOutbox};
+pub use privileges::Role;
 pub use relay_store::{OwnedLaneCount, PgRelayStore, PgRelayStoreConfig};
 pub use status::{OpenWriter, OutboxStatus, PgStatus, RelaySession, TopicBacklog};
 pub use tables::Tables;

@@ -10,49 +10,105 @@ use uuid::Uuid;
 
 /// A row that cannot become a message: it is moved to the dead letters with this reason.
 #[derive(Debug)]
-pub(crate) struct CorruptRow {
+pub struct CorruptRow {
+    /// The row's `seq` (`-1` when that column itself cannot be read).
     pub seq: i64,
+    /// Why the row cannot become a message.
     pub reason: String,
 }
 
-/// Decodes a row selected with [`crate::queries::MESSAGE_COLUMNS`].
+/// Decodes a row selected with [`crate::queries::MESSAGE_COLUMNS`]: reads its columns, then
+/// checks them ([`StoredColumns::into_stored`]).
 pub(crate) fn decode(row: &PgRow) -> Result<StoredMessage, CorruptRow> {
     let seq: i64 = row.try_get("seq").map_err(|e| CorruptRow {
         seq: -1,
         reason: format!("unreadable seq: {e}"),
     })?;
-    let corrupt = |reason: String| CorruptRow { seq, reason };
-    let field = |e: sqlx::Error| corrupt(format!("unreadable column: {e}"));
-    let headers: serde_json::Value = row.try_get("headers").map_err(field)?;
-    let headers = decode_headers(headers).map_err(corrupt)?;
-    let topic: String = row.try_get("topic").map_err(field)?;
-    outbox_core::message::validate_topic(&topic)
-        .map_err(|e| corrupt(format!("unroutable: {e}")))?;
-    let attempts: i32 = row.try_get("attempts").map_err(field)?;
-    let message = Message {
+    let field = |e: sqlx::Error| CorruptRow {
+        seq,
+        reason: format!("unreadable column: {e}"),
+    };
+    StoredColumns {
+        seq,
         id: row.try_get::<Uuid, _>("id").map_err(field)?,
-        topic,
+        topic: row.try_get("topic").map_err(field)?,
         key: row.try_get("key").map_err(field)?,
         event_type: row.try_get("event_type").map_err(field)?,
         source: row.try_get("source").map_err(field)?,
         content_type: row.try_get("content_type").map_err(field)?,
         payload: row.try_get("payload").map_err(field)?,
-        headers,
+        headers: row.try_get("headers").map_err(field)?,
         created_at: row
             .try_get::<DateTime<Utc>, _>("created_at")
             .map_err(field)?,
-    };
-    // Rows written without the library (plain SQL, a trigger) are checked as enqueue checks: a
-    // reserved header would make the record's `ce_id` a forgery.
-    message
-        .validate()
-        .map_err(|e| corrupt(format!("unpublishable: {e}")))?;
-    Ok(StoredMessage {
-        seq,
-        attempts: u32::try_from(attempts)
-            .map_err(|_| corrupt(format!("negative attempts {attempts}")))?,
-        message,
-    })
+        attempts: row.try_get("attempts").map_err(field)?,
+    }
+    .into_stored()
+}
+
+/// The columns of one outbox row, as read from the database and not yet checked.
+#[derive(Debug, Clone)]
+pub struct StoredColumns {
+    /// `seq`.
+    pub seq: i64,
+    /// `id`.
+    pub id: Uuid,
+    /// `topic`.
+    pub topic: String,
+    /// `key`.
+    pub key: Option<Vec<u8>>,
+    /// `event_type`.
+    pub event_type: Option<String>,
+    /// `source`.
+    pub source: Option<String>,
+    /// `content_type`.
+    pub content_type: String,
+    /// `payload`.
+    pub payload: Vec<u8>,
+    /// `headers`, any JSON value (a JSON object of strings is valid).
+    pub headers: serde_json::Value,
+    /// `created_at`.
+    pub created_at: DateTime<Utc>,
+    /// `attempts`.
+    pub attempts: i32,
+}
+
+impl StoredColumns {
+    /// The message these columns hold, checked as enqueue checks it.
+    ///
+    /// # Errors
+    /// [`CorruptRow`] when the headers are not a JSON object of strings, the topic is not a valid
+    /// topic name, the message breaks a rule of [`Message::validate`], or `attempts` is negative.
+    pub(crate) fn into_stored(self) -> Result<StoredMessage, CorruptRow> {
+        let seq = self.seq;
+        let corrupt = |reason: String| CorruptRow { seq, reason };
+        let headers = decode_headers(self.headers).map_err(corrupt)?;
+        outbox_core::message::validate_topic(&self.topic)
+            .map_err(|e| corrupt(format!("unroutable: {e}")))?;
+        let message = Message {
+            id: self.id,
+            topic: self.topic,
+            key: self.key,
+            event_type: self.event_type,
+            source: self.source,
+            content_type: self.content_type,
+            payload: self.payload,
+            headers,
+            created_at: self.created_at,
+        };
+        // Rows written without the library (plain SQL, a trigger) are checked as enqueue checks: a
+        // reserved header would make the record's `ce_id` a forgery.
+        message
+            .validate()
+            .map_err(|e| corrupt(format!("unpublishable: {e}")))?;
+        let attempts = self.attempts;
+        Ok(StoredMessage {
+            seq,
+            attempts: u32::try_from(attempts)
+                .map_err(|_| corrupt(format!("negative attempts {attempts}")))?,
+            message,
+        })
+    }
 }
 
 fn decode_headers(value: serde_json::Value) -> Result<BTreeMap<String, String>, String> {
@@ -157,5 +213,57 @@ mod tests {
                 .expect_err("number")
                 .contains("`a`")
         );
+    }
+
+    /// The columns of a valid row on `orders`.
+    fn columns() -> StoredColumns {
+        StoredColumns {
+            seq: 7,
+            id: Uuid::now_v7(),
+            topic: "orders".into(),
+            key: Some(b"order-1".to_vec()),
+            event_type: Some("OrderPlaced".into()),
+            source: None,
+            content_type: "application/json".into(),
+            payload: b"{}".to_vec(),
+            headers: serde_json::json!({"tenant": "acme"}),
+            created_at: Utc::now(),
+            attempts: 2,
+        }
+    }
+
+    #[test]
+    fn valid_columns_become_the_stored_message() {
+        let columns = columns();
+        let stored = columns.clone().into_stored().expect("valid");
+        assert_eq!((stored.seq, stored.attempts), (7, 2));
+        assert_eq!(stored.message.id, columns.id);
+        assert_eq!(stored.message.key, columns.key);
+        assert_eq!(stored.message.headers["tenant"], "acme");
+    }
+
+    #[test]
+    fn each_broken_column_is_named_with_the_rows_seq() {
+        let mut unroutable = columns();
+        unroutable.topic = "has space".into();
+        let mut forged = columns();
+        forged.headers = serde_json::json!({"ce_id": "x"});
+        let mut negative = columns();
+        negative.attempts = -1;
+        let mut not_object = columns();
+        not_object.headers = serde_json::json!("text");
+        for (columns, reason) in [
+            (unroutable, "unroutable: "),
+            (
+                forged,
+                "unpublishable: invalid message: header `ce_id` is reserved",
+            ),
+            (negative, "negative attempts -1"),
+            (not_object, "headers are not a JSON object"),
+        ] {
+            let corrupt = columns.into_stored().expect_err(reason);
+            assert_eq!(corrupt.seq, 7, "{reason}");
+            assert!(corrupt.reason.starts_with(reason), "{}", corrupt.reason);
+        }
     }
 }

@@ -66,6 +66,13 @@ pub async fn database(args: &Database, pool_size: u32) -> anyhow::Result<PgPool>
             .await;
         match attempt {
             Ok(pool) => return Ok(pool),
+            Err(error) if refused(&error) => {
+                return Err(anyhow!(error)).with_context(|| {
+                    format!(
+                        "PostgreSQL at `{shown}` refused the connection (retrying would not help)"
+                    )
+                });
+            }
             Err(error) if Instant::now() + delay < deadline => {
                 tracing::warn!(database = %shown, %error, "database not reachable yet; retrying");
                 tokio::time::sleep(delay).await;
@@ -80,6 +87,20 @@ pub async fn database(args: &Database, pool_size: u32) -> anyhow::Result<PgPool>
                 });
             }
         }
+    }
+}
+
+/// Whether a failed connection attempt is one that retrying cannot fix: the TLS handshake failed
+/// (a certificate the CA does not vouch for, a name it does not cover, a server without TLS when
+/// TLS is required), or the server refused the login (class 28: a wrong password, no `pg_hba.conf`
+/// entry for this role and encryption).
+fn refused(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Tls(_) => true,
+        // How the TLS layer reports a certificate it does not accept.
+        sqlx::Error::Io(error) => error.kind() == std::io::ErrorKind::InvalidData,
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| code.starts_with("28")),
+        _ => false,
     }
 }
 

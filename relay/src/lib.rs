@@ -9,9 +9,18 @@ pub mod cli;
 mod commands;
 mod connect;
 mod dead_letters;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod observe;
 pub mod settings;
 mod wal;
+
+/// What is logged when `OUTBOX_LOG` is not set: info and above. The replication client's own line
+/// for a stream that ended in an error is left out: the relay logs every such error itself, with
+/// the slot and what it does next (and its start-up probe of the replication connection ends in
+/// an error on purpose).
+const DEFAULT_LOG: &str = "info,pgwire_replication::client::tokio_client=off";
 
 /// Runs the relay with the process's arguments and environment; returns the exit code.
 pub fn main() -> ExitCode {
@@ -19,7 +28,7 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("OUTBOX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -12,6 +12,7 @@ mod inbox;
 mod operations;
 mod outage;
 mod rebalance;
+mod security;
 mod wal;
 
 use std::path::Path;

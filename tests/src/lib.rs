@@ -28,6 +28,7 @@ use uuid::Uuid;
 pub mod consumers;
 pub mod keyed;
 pub mod private;
+pub mod secure;
 pub mod services;
 pub mod wal;
 
@@ -167,7 +168,7 @@ impl Drop for TestDb {
 
 /// Drops the replication slots of database `name` (a database with one cannot be dropped), ending
 /// their readers first.
-async fn drop_replication_slots(conn: &mut PgConnection, name: &str) {
+pub(crate) async fn drop_replication_slots(conn: &mut PgConnection, name: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let _ = sqlx::query(
@@ -244,7 +245,18 @@ pub async fn create_topic_configured(
     partitions: i32,
     settings: &[(&str, &str)],
 ) -> anyhow::Result<String> {
-    let name = format!("e2e-{}", Uuid::now_v7().simple());
+    create_topic_named(brokers, "e2e-", partitions, settings).await
+}
+
+/// Creates a topic named `prefix` and a fresh random suffix, with the given topic settings, on the
+/// brokers at `brokers` (whose plaintext listener allows it).
+pub async fn create_topic_named(
+    brokers: &str,
+    prefix: &str,
+    partitions: i32,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<String> {
+    let name = format!("{prefix}{}", Uuid::now_v7().simple());
     let admin: AdminClient<DefaultClientContext> = kafka_config_for(brokers).create()?;
     // Replication -1: the broker's default (1 on the single node, 3 on the three-node cluster).
     let mut topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(-1));
@@ -422,12 +434,23 @@ pub struct ChildProgram {
 impl ChildProgram {
     /// Starts `program` with `args`; its log is named after `what`.
     pub fn spawn(program: &Path, args: &[&str], what: &'static str) -> anyhow::Result<Self> {
+        Self::spawn_with_env(program, args, &[], what)
+    }
+
+    /// [`Self::spawn`] with the variables `env` added to its environment.
+    pub fn spawn_with_env(
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        what: &'static str,
+    ) -> anyhow::Result<Self> {
         let log = std::env::temp_dir().join(format!("{what}-{}.log", Uuid::now_v7().simple()));
         let file = std::fs::File::create(&log)?;
         let level = std::env::var("OUTBOX_LOG").unwrap_or_else(|_| "info".to_owned());
         let child = Command::new(program)
             .args(args)
             .env("OUTBOX_LOG", level)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .kill_on_drop(true)
@@ -502,9 +525,22 @@ impl RelayProcess {
         brokers: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::spawn_with_env(program, database_url, brokers, extra, &[])
+    }
+
+    /// [`Self::spawn_with`] with the variables `env` added to the relay's environment.
+    pub fn spawn_with_env(
+        program: &Path,
+        database_url: &str,
+        brokers: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut args = vec!["run", "--database-url", database_url, "--brokers", brokers];
         args.extend_from_slice(extra);
-        Ok(Self(ChildProgram::spawn(program, &args, "relay")?))
+        Ok(Self(ChildProgram::spawn_with_env(
+            program, &args, env, "relay",
+        )?))
     }
 
     /// SIGKILL: no chance to clean up.
@@ -624,11 +660,21 @@ pub async fn run_relay_program_output(
     program: &Path,
     args: &[&str],
 ) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
+    run_relay_program_with_env(program, args, &[]).await
+}
+
+/// [`run_relay_program_output`] with the variables `env` added to the program's environment.
+pub async fn run_relay_program_with_env(
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
     let mut command = Command::new(program);
     command
         .args(args)
         .env_remove("DATABASE_URL")
-        .env_remove("KAFKA_BROKERS");
+        .env_remove("KAFKA_BROKERS")
+        .envs(env.iter().copied());
     let output = tokio::time::timeout(Duration::from_secs(60), command.output()).await??;
     Ok((
         output.status,

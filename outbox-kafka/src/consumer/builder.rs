@@ -7,6 +7,7 @@ use rdkafka::consumer::Consumer;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
+use crate::client_errors::ClientErrors;
 use crate::dead_letter::{self, DeadLetterProducer, Origin};
 
 /// The default of [`InboxConsumerBuilder::handler_timeout`].
@@ -251,6 +252,11 @@ impl<I: Inbox + 'static> InboxConsumerBuilder<I> {
             assignments: Mutex::default(),
             workers: Mutex::default(),
             draining: CancellationToken::new(),
+            errors: ClientErrors::default(),
+            brokers: config
+                .get("bootstrap.servers")
+                .unwrap_or_default()
+                .to_owned(),
         });
         let context = RunnerContext {
             shared: shared.clone(),

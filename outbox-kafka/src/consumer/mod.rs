@@ -28,6 +28,7 @@ use rdkafka::message::Message as _;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::client_errors::ClientErrors;
 use crate::dead_letter::DeadLetterProducer;
 use crate::error::Error;
 use crate::handler::Router;
@@ -61,6 +62,10 @@ struct Shared<I: Inbox> {
     /// Cancelled on shutdown: workers finish the record in hand, take no new one, and cut
     /// backoffs short.
     draining: CancellationToken,
+    /// What the client reported; a refusal stops the run.
+    errors: ClientErrors,
+    /// The bootstrap servers, for messages.
+    brokers: String,
 }
 
 type KafkaConsumer<I> = StreamConsumer<RunnerContext<I>>;
@@ -129,6 +134,8 @@ impl<I: Inbox + 'static> InboxConsumer<I> {
     ///
     /// # Errors
     /// [`Error::Kafka`] when subscribing fails or the consumer hits a fatal error,
+    /// [`Error::Refused`] when the brokers refuse the consumer as configured (its credentials, its
+    /// TLS handshake, its SASL mechanism),
     /// [`Error::UnroutedRecord`] if a record arrives for a partition the runner could not give a
     /// queue of its own (its offset is not committed).
     pub async fn run(self, shutdown: CancellationToken) -> Result<ConsumerStats, Error> {
@@ -142,6 +149,11 @@ impl<I: Inbox + 'static> InboxConsumer<I> {
         let outcome = loop {
             tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
+                // The brokers will not take this consumer as configured: saying so beats waiting.
+                reason = self.shared.errors.refused() => {
+                    tracing::error!(consumer = %self.shared.name, %reason, "the Kafka brokers refused the consumer");
+                    break Err(Error::Refused { brokers: self.shared.brokers.clone(), reason });
+                }
                 // Serves the group's events (rebalances, errors); records come through the
                 // partition queues.
                 message = self.consumer.recv() => match message {

@@ -18,7 +18,11 @@ pub(super) struct RunnerContext<I: Inbox + 'static> {
     pub(super) runtime: tokio::runtime::Handle,
 }
 
-impl<I: Inbox + 'static> ClientContext for RunnerContext<I> {}
+impl<I: Inbox + 'static> ClientContext for RunnerContext<I> {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.shared.errors.record(&error, reason);
+    }
+}
 
 impl<I: Inbox + 'static> ConsumerContext for RunnerContext<I> {
     // Runs before librdkafka applies the assignment: a partition queue split now is never

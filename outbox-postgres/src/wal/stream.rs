@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pgwire_replication::config::{SslMode, TlsConfig};
 use pgwire_replication::{
     Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent,
 };
@@ -26,6 +27,7 @@ pub struct ReplicationTarget {
     user: String,
     password: String,
     database: String,
+    tls: TlsConfig,
 }
 
 impl std::fmt::Debug for ReplicationTarget {
@@ -35,18 +37,26 @@ impl std::fmt::Debug for ReplicationTarget {
             .field("port", &self.port)
             .field("user", &self.user)
             .field("database", &self.database)
+            .field("sslmode", &self.tls.mode)
+            .field("sslrootcert", &self.tls.ca_pem_path)
             .finish_non_exhaustive()
     }
 }
 
 impl ReplicationTarget {
-    /// Reads host, port, user, password and database from a `postgres://` URL, as sqlx does (the
-    /// password from the user-info or `?password=`, the defaults of libpq for what is missing).
+    /// Reads host, port, user, password, database and TLS settings from a `postgres://` URL, as
+    /// sqlx does for the pool: the password from the user-info or `?password=`, else `PGPASSWORD`;
+    /// `sslmode` (`disable`, `allow`, `prefer` — the default —, `require`, `verify-ca`,
+    /// `verify-full`) and `sslrootcert`, else `PGSSLMODE` and `PGSSLROOTCERT`; libpq's defaults
+    /// for what is missing.
     ///
     /// # Errors
-    /// [`Error::Config`] for a URL that is not one, or asks for TLS (not built into the
-    /// replication connection).
+    /// [`Error::Config`] for a URL that is not one, or an unknown `sslmode`.
     pub fn from_url(url: &str) -> Result<Self, Error> {
+        Self::from_url_and_env(url, &|name| std::env::var(name).ok())
+    }
+
+    fn from_url_and_env(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let parsed = url::Url::parse(url).map_err(|e| {
             Error::Config(format!(
                 "the database URL is not a URL ({e}); use postgres://user@host:5432/db"
@@ -64,13 +74,6 @@ impl ReplicationTarget {
                 .find(|(key, _)| key == name)
                 .map(|(_, value)| value.into_owned())
         };
-        if let Some(mode) = query("sslmode")
-            && !matches!(mode.as_str(), "disable" | "allow" | "prefer")
-        {
-            return Err(Error::Config(format!(
-                "sslmode={mode}: the replication connection of WAL capture does not offer TLS in this build"
-            )));
-        }
         let decode = |text: &str| {
             url::form_urlencoded::parse(format!("x={text}").as_bytes())
                 .next()
@@ -85,20 +88,101 @@ impl ReplicationTarget {
             .password()
             .map(decode)
             .or_else(|| query("password"))
+            .or_else(|| env("PGPASSWORD"))
             .unwrap_or_default();
         let database = match parsed.path().trim_start_matches('/') {
             "" => query("dbname").unwrap_or_else(|| user.clone()),
             path => decode(path),
         };
+        let mode = query("sslmode")
+            .or_else(|| env("PGSSLMODE"))
+            .unwrap_or_else(|| "prefer".to_owned());
+        let root_cert = query("sslrootcert")
+            .or_else(|| env("PGSSLROOTCERT"))
+            .map(std::path::PathBuf::from);
+        let tls = match mode.as_str() {
+            "disable" => TlsConfig::disabled(),
+            // `allow` tries without TLS first; the server's answer decides either way.
+            "allow" | "prefer" => TlsConfig {
+                mode: SslMode::Prefer,
+                ..TlsConfig::default()
+            },
+            "require" => TlsConfig::require(),
+            "verify-ca" => TlsConfig::verify_ca(root_cert),
+            "verify-full" => TlsConfig::verify_full(root_cert),
+            other => {
+                return Err(Error::Config(format!(
+                    "sslmode={other} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                )));
+            }
+        };
+        let host = query("host")
+            .or_else(|| parsed.host_str().map(str::to_owned))
+            .unwrap_or_else(|| "localhost".to_owned());
+        // An address is checked against the certificate's IP addresses, as libpq does; the
+        // client checks only the name it sends, so the address is sent as that name.
+        let tls = if tls.mode == SslMode::VerifyFull && host.parse::<std::net::IpAddr>().is_ok() {
+            tls.with_sni_hostname(host.clone())
+        } else {
+            tls
+        };
         Ok(Self {
-            host: query("host")
-                .or_else(|| parsed.host_str().map(str::to_owned))
-                .unwrap_or_else(|| "localhost".to_owned()),
+            host,
             port: parsed.port().unwrap_or(5432),
             user,
             password,
             database,
+            tls,
         })
+    }
+}
+
+/// The slot the probe of a replication connection asks for; no outbox creates it (slot names of
+/// the relay's settings are the user's, and this one is reserved here).
+const PROBE_SLOT: &str = "outbox_probe_of_the_replication_connection";
+
+impl ReplicationTarget {
+    /// Makes a replication connection and asks to stream from a slot that does not exist. The
+    /// server answers that only after the TLS handshake and the login succeeded, so the answer
+    /// proves the connection can be made — with no slot touched, and whoever reads the real slot
+    /// left alone.
+    ///
+    /// # Errors
+    /// [`Error::ReplicationConnection`] with the client's error otherwise (a certificate the CA
+    /// does not vouch for, a wrong password, no `replication` line in `pg_hba.conf`, no answer
+    /// within `timeout`).
+    pub(crate) async fn probe(&self, timeout: Duration) -> Result<(), Error> {
+        let failed = |source| Error::ReplicationConnection {
+            target: format!(
+                "{}@{}:{}/{}",
+                self.user, self.host, self.port, self.database
+            ),
+            source,
+        };
+        let config = ReplicationConfig::new(
+            self.host.clone(),
+            self.user.clone(),
+            self.password.clone(),
+            self.database.clone(),
+            PROBE_SLOT,
+            PROBE_SLOT,
+        )
+        .with_port(self.port)
+        .with_tls(self.tls.clone())
+        .with_application_name(REPLICATION_APPLICATION_NAME);
+        let mut client = ReplicationClient::connect(config).await.map_err(failed)?;
+        let answer = tokio::time::timeout(timeout, client.wait_started()).await;
+        client.abort();
+        match answer {
+            // Undefined object: the slot does not exist, which only a logged-in session learns.
+            Ok(Err(PgWireError::Server(message))) if message.contains("SQLSTATE 42704") => Ok(()),
+            // Someone made the slot after all: the connection works just as well.
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(failed(error)),
+            Err(_) => Err(failed(PgWireError::Task(format!(
+                "no answer within {timeout:?}"
+            )))),
+        }
     }
 }
 
@@ -148,6 +232,7 @@ impl Stream {
             slot.as_str(),
         )
         .with_port(target.port)
+        .with_tls(target.tls.clone())
         // Lsn 0: the server starts from the slot's confirmed position.
         .with_start_lsn(Lsn(0))
         .with_status_interval(status_interval)
@@ -278,4 +363,64 @@ async fn pump(
         tracing::debug!(%error, "the replication stream ended with an error");
     }
     arrived.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(url: &str, env: &[(&str, &str)]) -> ReplicationTarget {
+        ReplicationTarget::from_url_and_env(url, &|name| {
+            env.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        })
+        .expect("a valid URL")
+    }
+
+    #[test]
+    fn tls_and_the_password_come_from_the_url_else_from_libpq_variables() {
+        let given = target(
+            "postgres://relay:s%40cret@db.example:6543/orders?sslmode=verify-full&sslrootcert=/ca.pem",
+            &[("PGPASSWORD", "other"), ("PGSSLMODE", "disable")],
+        );
+        assert_eq!(given.password, "s@cret");
+        assert_eq!(given.tls, TlsConfig::verify_full(Some("/ca.pem".into())));
+        assert_eq!((given.host.as_str(), given.port), ("db.example", 6543));
+        assert!(!format!("{given:?}").contains("s@cret"), "{given:?}");
+
+        let from_env = target(
+            "postgres://relay@db/orders",
+            &[
+                ("PGPASSWORD", "from-env"),
+                ("PGSSLMODE", "verify-ca"),
+                ("PGSSLROOTCERT", "/env-ca.pem"),
+            ],
+        );
+        assert_eq!(from_env.password, "from-env");
+        assert_eq!(
+            from_env.tls,
+            TlsConfig::verify_ca(Some("/env-ca.pem".into()))
+        );
+
+        let plain = target("postgres://relay@db/orders", &[]);
+        assert_eq!(
+            plain.tls.mode,
+            SslMode::Prefer,
+            "libpq's and sqlx's default"
+        );
+        assert_eq!(
+            target("postgres://relay@db/orders?sslmode=disable", &[]).tls,
+            TlsConfig::disabled()
+        );
+    }
+
+    #[test]
+    fn an_unknown_sslmode_is_refused_by_name() {
+        let error =
+            ReplicationTarget::from_url_and_env("postgres://db/x?sslmode=strict", &|_| None)
+                .expect_err("unknown mode")
+                .to_string();
+        assert!(error.contains("sslmode=strict"), "{error}");
+    }
 }

@@ -8,8 +8,8 @@ use super::layers::{Layers, SettingError};
 use super::scope::{DatabaseScope, SettingArgs, WalScope};
 use super::table::{CONNECT_TIMEOUT, DATABASE_URL, OUTBOX_TABLE, SCHEMA, WAL_SLOT};
 
-/// The database and its tables, validated.
-#[derive(Debug, Clone)]
+/// The database and its tables, validated. Its `Debug` leaves the password out.
+#[derive(Clone)]
 pub struct Database {
     /// The PostgreSQL URL (with its password: redact it before showing it).
     pub url: String,
@@ -17,6 +17,16 @@ pub struct Database {
     pub tables: Tables,
     /// How long to keep trying to reach the database at start-up.
     pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &crate::connect::redact(&self.url))
+            .field("tables", &self.tables)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 impl Database {

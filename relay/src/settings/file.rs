@@ -83,7 +83,7 @@ impl ConfigFile {
             text.parse()
                 .map_err(|error: toml::de::Error| FileError::Syntax {
                     path: path.to_owned(),
-                    message: error.to_string().trim_end().replace('\n', " "),
+                    message: syntax_message(text, &error),
                 })?;
         let mut file = Self {
             path: path.to_owned(),
@@ -158,6 +158,23 @@ impl ConfigFile {
     }
 }
 
+/// The parser's message and where in the file it applies, without the file's text: the line may
+/// hold a secret (a password mistyped is still a password).
+fn syntax_message(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end().replace('\n', " ");
+    let Some(span) = error.span() else {
+        return message;
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |line| line.chars().count())
+        + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
 fn scalar_text(value: &toml::Value) -> Option<String> {
     match value {
         toml::Value::String(text) => Some(text.clone()),
@@ -221,6 +238,13 @@ mod tests {
             .to_string();
         assert!(error.contains("not valid TOML"), "{error}");
         assert!(error.contains("line 1"), "{error}");
+
+        // The message says where, never what the line holds.
+        let error = parse("[database]\nurl = \"postgres://app:hunter2@db/app\n")
+            .expect_err("unterminated string")
+            .to_string();
+        assert!(error.contains("line 2"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
 
         let error = parse("[kafka]\nproperties = 3\n")
             .expect_err("not a table")

@@ -66,14 +66,52 @@ pub fn producer_properties(
                 ),
             ));
         }
+        let resolved = resolve_reference(&value, &|variable| layers.env_var(variable))
+            .map_err(|reason| invalid(&origin, &key, &shown(&key, &value), reason))?;
         layers.record(Effective {
-            shown: shown(&key, &value),
+            // A reference says where the value is, not what it is: shown as given.
+            shown: if resolved.is_some() {
+                value.clone()
+            } else {
+                shown(&key, &value)
+            },
             key,
             origin,
         });
-        kafka.set(name, value);
+        kafka.set(name, resolved.unwrap_or(value));
     }
     Ok(())
+}
+
+/// The value a property's text refers to: `${env:NAME}` is the environment variable `NAME`,
+/// `${file:PATH}` the contents of the file at `PATH` without its trailing line break. `None` for a
+/// text that is no reference (the value itself). So secrets need not be on the command line, where
+/// every process of the machine can read them, nor in a config file that others may read.
+///
+/// # Errors
+/// What is wrong with a reference: an unset variable, an unreadable file, an unknown kind. The
+/// message never holds the value.
+pub fn resolve_reference(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>, String> {
+    let Some(inner) = text
+        .strip_prefix("${")
+        .and_then(|rest| rest.strip_suffix('}'))
+    else {
+        return Ok(None);
+    };
+    if let Some(name) = inner.strip_prefix("env:") {
+        return env(name)
+            .map(Some)
+            .ok_or_else(|| format!("refers to the environment variable {name}, which is not set"));
+    }
+    if let Some(path) = inner.strip_prefix("file:") {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("refers to the file {path}, which cannot be read: {e}"))?;
+        return Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()));
+    }
+    Err("is no reference this relay reads: use ${env:NAME} or ${file:PATH}".into())
 }
 
 /// A message must be delivered or given up within the fifth of the lease that follows the fence
@@ -126,4 +164,33 @@ pub fn send_timeout_within_lease(
     });
     kafka.set("message.timeout.ms", millis);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_read_the_environment_or_a_file_and_anything_else_is_the_value() {
+        let env = |name: &str| (name == "KAFKA_PASSWORD").then(|| "from-env".to_owned());
+        assert_eq!(resolve_reference("plain", &env), Ok(None));
+        assert_eq!(
+            resolve_reference("${env:KAFKA_PASSWORD}", &env),
+            Ok(Some("from-env".into()))
+        );
+        let unset = resolve_reference("${env:UNSET}", &env).expect_err("unset");
+        assert!(unset.contains("UNSET"), "{unset}");
+
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "from-file\n").expect("written");
+        let reference = format!("${{file:{}}}", path.display());
+        assert_eq!(
+            resolve_reference(&reference, &env),
+            Ok(Some("from-file".into()))
+        );
+        let missing = format!("${{file:{}}}", dir.path().join("none").display());
+        assert!(resolve_reference(&missing, &env).is_err());
+        assert!(resolve_reference("${vault:x}", &env).is_err());
+    }
 }

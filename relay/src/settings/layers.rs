@@ -101,17 +101,31 @@ impl<'a> Layers<'a> {
             .config
             .clone()
             .or_else(|| env(CONFIG_ENV).map(PathBuf::from));
-        let known: Vec<&str> = ALL.iter().map(|spec| spec.key).collect();
         let file = path
-            .map(|path| ConfigFile::load(&path, &known))
+            .map(|path| ConfigFile::load(&path, &known_keys()))
             .transpose()?;
-        Ok(Self {
+        Ok(Self::with_file(args, env, file))
+    }
+
+    /// The layers of `args`, the environment as `env` reports it, and `file` as the config file
+    /// (whatever `--config` or `OUTBOX_CONFIG` say).
+    pub(crate) fn with_file<S: InScope>(
+        args: &'a SettingArgs<S>,
+        env: &'a dyn Fn(&str) -> Option<String>,
+        file: Option<ConfigFile>,
+    ) -> Self {
+        Self {
             scope: args.scope(),
             flags: &args.given,
             env,
             file,
             effective: Vec::new(),
-        })
+        }
+    }
+
+    /// The environment variable `name`, as these layers read the environment.
+    pub fn env_var(&self, name: &str) -> Option<String> {
+        (self.env)(name)
     }
 
     /// The config file, if one was named.
@@ -225,6 +239,11 @@ impl<'a> Layers<'a> {
         });
         effective
     }
+}
+
+/// The keys a config file may hold besides `[kafka.properties]`: every setting's.
+pub(crate) fn known_keys() -> Vec<&'static str> {
+    ALL.iter().map(|spec| spec.key).collect()
 }
 
 /// A refused value: named as it was given (the flag, the variable, or the key in the file).

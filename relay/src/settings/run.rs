@@ -21,8 +21,8 @@ use super::values::CaptureMode;
 /// The flags of `run` and `config check`.
 pub type RunArgs = SettingArgs<RunScope>;
 
-/// Everything `run` needs, validated.
-#[derive(Debug)]
+/// Everything `run` needs, validated. Its `Debug` shows the values as `config check` does, secrets
+/// redacted.
 pub struct Settings {
     /// The database and its tables.
     pub database: Database,
@@ -55,6 +55,16 @@ pub enum Capture {
     Wal(Box<PgWalStoreConfig>),
 }
 
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut settings = f.debug_map();
+        for effective in &self.effective {
+            settings.entry(&effective.key, &effective.shown);
+        }
+        settings.finish()
+    }
+}
+
 impl Settings {
     /// How the value of the setting `key` (`relay.lanes`) is shown, secrets redacted; empty for a
     /// key that is not a setting.
@@ -74,7 +84,18 @@ impl Settings {
         args: &RunArgs,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, SettingError> {
-        let mut layers = Layers::new(args, env)?;
+        Self::from_layers(Layers::new(args, env)?, args)
+    }
+
+    /// Resolves the settings of `run` from `layers`, made of `args` (whose `-X` properties it
+    /// reads).
+    ///
+    /// # Errors
+    /// A setting is missing or invalid, or two do not go together.
+    pub(crate) fn from_layers(
+        mut layers: Layers<'_>,
+        args: &RunArgs,
+    ) -> Result<Self, SettingError> {
         let r = &mut layers;
         let database = Database::from_layers(r)?;
         let pool_size = r.value(&POOL_SIZE)?;

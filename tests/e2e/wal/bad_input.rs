@@ -238,3 +238,37 @@ async fn wait_for_reader(db: &TestDb, slot: &str) -> anyhow::Result<i32> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replication_connection_the_server_refuses_stops_the_relay_before_anything_is_read()
+-> anyhow::Result<()> {
+    init_logs();
+    // A server that decodes logically but takes no replication connection: its sessions, the
+    // slot and every check of the relay work; the stream itself cannot start.
+    let server = outbox_tests::wal::logical_server(&["max_wal_senders = 0"]).await?;
+    let url = server.url();
+    let (status, _, stderr) = run_relay_program_output(
+        relay_program(),
+        &["wal", "create-slot", "--database-url", &url],
+    )
+    .await?;
+    assert!(
+        status.success(),
+        "create-slot needs no replication connection: {stderr}"
+    );
+    let (status, stderr) = run_wal(&url, "outbox").await?;
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot open a replication connection to postgres@127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("max_wal_senders"),
+        "the server's reason: {stderr}"
+    );
+    assert!(
+        !stderr.contains("replication stream started"),
+        "nothing was read: {stderr}"
+    );
+    Ok(())
+}

@@ -127,10 +127,13 @@ impl PgWalStore {
     }
 
     /// Checks, on a connection of its own, what capture needs before anything is read: no pooler
-    /// in the way, `wal_level = logical`, a role that may replicate, and a slot of this outbox.
+    /// in the way, `wal_level = logical`, a role that may replicate, and a slot of this outbox;
+    /// then that a replication connection can be made (TLS, login, `pg_hba.conf`) without
+    /// touching the slot.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] saying what is wrong and how to fix it.
+    /// [`Error::Unsupported`] saying what is wrong and how to fix it;
+    /// [`Error::ReplicationConnection`] when the server refuses the replication connection.
     pub async fn check(&self) -> Result<(), Error> {
         let mut conn: PgConnection = Connection::connect_with(&*self.connect).await?;
         let checked = async {
@@ -143,7 +146,8 @@ impl PgWalStore {
         if let Err(error) = conn.close().await {
             tracing::debug!(%error, "closing the check's connection failed");
         }
-        checked
+        checked?;
+        self.target.probe(self.config.lease / 2).await
     }
 
     /// The replication slot this store reads.
