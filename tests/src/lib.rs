@@ -153,7 +153,10 @@ impl Drop for TestDb {
                 return;
             };
             runtime.block_on(async move {
-                pool.close().await;
+                // Not `pool.close()`: its connections belong to the test's runtime, which may be
+                // blocked on this thread; closing one over TLS waits for the server's goodbye,
+                // which that runtime would have to read. The forced drop ends them instead.
+                drop(pool);
                 if let Ok(mut conn) = admin.connect().await {
                     drop_replication_slots(&mut conn, &name).await;
                     let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

@@ -10,14 +10,12 @@ use outbox_kafka::{InboxConsumer, Received};
 use outbox_postgres::{PgInbox, PgOutbox};
 use outbox_tests::consumers::{EffectsReport, STEP, Step, effects_report, record_step, steps};
 use outbox_tests::keyed::{dead_letter_count, outbox_count};
-use outbox_tests::secure::{ALLOWED_TOPICS, CONSUMER_PRINCIPAL, FORBIDDEN_TOPICS, RELAY_PRINCIPAL};
-use outbox_tests::{
-    ANY_PORT, RelayProcess, create_topic_named, run_relay_program_output, services,
-};
+use outbox_tests::secure::{ALLOWED_TOPICS, CONSUMER_PRINCIPAL, FORBIDDEN_TOPICS};
+use outbox_tests::{ANY_PORT, create_topic_named, run_relay_program_output, services};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{KAFKA_PASSWORD_VARIABLE, migrated, relay_kafka_flags};
+use super::{migrated, spawn_secured_relay};
 use crate::relay_program;
 
 const KEYS: usize = 8;
@@ -77,16 +75,10 @@ async fn every_program_runs_as_its_own_role_over_verified_tls_and_scram_and_each
     tx.commit().await?;
 
     // The relay, as its role, to the SASL_SSL listener as its principal.
-    let password = services.kafka_password(RELAY_PRINCIPAL)?.to_owned();
-    let mut flags = vec!["--metrics-address", ANY_PORT, "--poll-interval", "100ms"];
-    let kafka_flags = relay_kafka_flags(&services, &services.ca);
-    flags.extend(kafka_flags.iter().map(String::as_str));
-    let relay = RelayProcess::spawn_with_env(
-        relay_program(),
-        &db.url(&db.relay),
-        &services.brokers,
-        &flags,
-        &[(KAFKA_PASSWORD_VARIABLE, &password)],
+    let relay = spawn_secured_relay(
+        &services,
+        &db,
+        &["--metrics-address", ANY_PORT, "--poll-interval", "100ms"],
     )?;
     let relay_pool = db.pool(&db.relay).await?;
     drained(&relay_pool, Duration::from_secs(60))
@@ -216,17 +208,7 @@ async fn a_topic_the_relay_may_not_write_is_a_dead_letter_with_the_brokers_error
     PgOutbox::new().enqueue_all(&mut tx, &messages).await?;
     tx.commit().await?;
 
-    let password = services.kafka_password(RELAY_PRINCIPAL)?.to_owned();
-    let mut flags = vec!["--poll-interval", "100ms"];
-    let kafka_flags = relay_kafka_flags(&services, &services.ca);
-    flags.extend(kafka_flags.iter().map(String::as_str));
-    let relay = RelayProcess::spawn_with_env(
-        relay_program(),
-        &db.url(&db.relay),
-        &services.brokers,
-        &flags,
-        &[(KAFKA_PASSWORD_VARIABLE, &password)],
-    )?;
+    let relay = spawn_secured_relay(&services, &db, &["--poll-interval", "100ms"])?;
     let relay_pool = db.pool(&db.relay).await?;
     drained(&relay_pool, Duration::from_secs(60)).await?;
     assert_eq!(dead_letter_count(&relay_pool).await?, 1);
@@ -307,16 +289,10 @@ async fn wal_capture_reads_its_slot_over_verified_tls_as_the_relays_role() -> an
     PgOutbox::wal().enqueue_all(&mut tx, &messages).await?;
     tx.commit().await?;
 
-    let password = services.kafka_password(RELAY_PRINCIPAL)?.to_owned();
-    let mut flags = vec!["--capture", "wal", "--wal-slot", &slot, "--lease", "10s"];
-    let kafka_flags = relay_kafka_flags(&services, &services.ca);
-    flags.extend(kafka_flags.iter().map(String::as_str));
-    let relay = RelayProcess::spawn_with_env(
-        relay_program(),
-        &db.url(&db.relay),
-        &services.brokers,
-        &flags,
-        &[(KAFKA_PASSWORD_VARIABLE, &password)],
+    let relay = spawn_secured_relay(
+        &services,
+        &db,
+        &["--capture", "wal", "--wal-slot", &slot, "--lease", "10s"],
     )?;
     let records = outbox_tests::read_topic(&topic, messages.len(), Duration::from_secs(60)).await?;
     let ids: std::collections::BTreeSet<_> = records.iter().filter_map(|r| r.id()).collect();

@@ -10,7 +10,7 @@ mod secrets;
 use std::path::Path;
 
 use outbox_tests::secure::{RELAY_PRINCIPAL, SecureServices, SecuredDb};
-use outbox_tests::{init_logs, run_relay_program_output};
+use outbox_tests::{RelayProcess, init_logs, run_relay_program_output};
 
 /// The environment variable the relay's Kafka password is read from in these tests.
 const KAFKA_PASSWORD_VARIABLE: &str = "OUTBOX_TEST_KAFKA_PASSWORD";
@@ -45,4 +45,24 @@ fn relay_kafka_flags(services: &SecureServices, ca: &Path) -> Vec<String> {
     flags.push("-X".to_owned());
     flags.push(format!("sasl.password=${{env:{KAFKA_PASSWORD_VARIABLE}}}"));
     flags
+}
+
+/// `outbox-relay run` as the relay's role over verified TLS, to the SASL_SSL listener as the
+/// relay's principal (its password in [`KAFKA_PASSWORD_VARIABLE`]), with `extra` flags.
+fn spawn_secured_relay(
+    services: &SecureServices,
+    db: &SecuredDb,
+    extra: &[&str],
+) -> anyhow::Result<RelayProcess> {
+    let password = services.kafka_password(RELAY_PRINCIPAL)?.to_owned();
+    let kafka_flags = relay_kafka_flags(services, &services.ca);
+    let mut flags = extra.to_vec();
+    flags.extend(kafka_flags.iter().map(String::as_str));
+    RelayProcess::spawn_with_env(
+        super::relay_program(),
+        &db.url(&db.relay),
+        &services.brokers,
+        &flags,
+        &[(KAFKA_PASSWORD_VARIABLE, &password)],
+    )
 }
