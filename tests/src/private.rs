@@ -15,10 +15,24 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use uuid::Uuid;
 
-/// A port on 127.0.0.1 that nothing listens on right now (bound to port 0, then released).
+/// Where [`free_port`] looks: below Linux's default range of ephemeral ports (32768-60999), which
+/// every outgoing connection of the machine draws from. A port the system handed out (bound to
+/// port 0) could be taken by any client's connection between the pick and the server's bind; a
+/// port below that range can only be taken by another listener.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port on 127.0.0.1 that nothing listens on right now, for a server that cannot listen on port
+/// 0 and say which port it got (a Kafka node, whose quorum names its peers' ports beforehand).
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    for _ in 0..1_000 {
+        let random = Uuid::now_v7().as_u128() as u64;
+        let span = u64::from(PORTS.end - PORTS.start);
+        let port = PORTS.start + u16::try_from(random % span).unwrap_or_default();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1 in {PORTS:?} after 1,000 tries")
 }
 
 /// The last `lines` lines of a log file, for error messages.
