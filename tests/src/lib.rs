@@ -382,11 +382,25 @@ fn read_topic_blocking(
                     timestamp: message.timestamp().to_millis(),
                 });
             }
+            // A broker that restarts or moves leadership makes the client report connection
+            // errors while it reconnects; they end nothing but the idle wait.
+            Some(Err(error)) if is_transport_error(&error) => {
+                tracing::debug!(%error, topic, "reading the topic: the client reconnects");
+            }
             Some(Err(error)) => bail!("reading {topic} failed: {error}"),
             None => {}
         }
     }
     Ok(records)
+}
+
+/// Whether a consumer error says only that a connection to a broker failed (the client retries).
+fn is_transport_error(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(C::BrokerTransportFailure | C::AllBrokersDown | C::Resolve)
+    )
 }
 
 /// A relay running in this process over the test database and broker.
