@@ -141,37 +141,45 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let admin = self.admin.clone();
-        let name = self.name.clone();
-        let pool = self.pool.clone();
-        // Dropping needs async work; do it on a thread of its own so any runtime state is fine.
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+        // Not `pool.close()` first: the pool's connections belong to the test's runtime, which
+        // waits for the dropping thread; closing one over TLS waits for the server's goodbye,
+        // which that runtime would have to read. The forced drop ends the sessions instead.
+        drop_database(&self.admin, &self.name, Vec::new());
+    }
+}
+
+/// Drops database `name` (its replication slots first, its sessions forced out), then runs each
+/// of `then` (e.g. `DROP ROLE`), connected with `admin`. Runs on a thread and runtime of its own,
+/// so that it works from any `Drop`, inside a runtime or not; errors are ignored.
+pub(crate) fn drop_database(admin: &PgConnectOptions, name: &str, then: Vec<String>) {
+    let admin = admin.clone();
+    let name = name.to_owned();
+    let _ = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            let Ok(mut conn) = admin.connect().await else {
                 return;
             };
-            runtime.block_on(async move {
-                // Not `pool.close()`: its connections belong to the test's runtime, which may be
-                // blocked on this thread; closing one over TLS waits for the server's goodbye,
-                // which that runtime would have to read. The forced drop ends them instead.
-                drop(pool);
-                if let Ok(mut conn) = admin.connect().await {
-                    drop_replication_slots(&mut conn, &name).await;
-                    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
+            drop_replication_slots(&mut conn, &name).await;
+            let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await;
+            for statement in then {
+                let _ = sqlx::raw_sql(&statement).execute(&mut conn).await;
+            }
+        });
+    })
+    .join();
 }
 
 /// Drops the replication slots of database `name` (a database with one cannot be dropped), ending
 /// their readers first.
-pub(crate) async fn drop_replication_slots(conn: &mut PgConnection, name: &str) {
+async fn drop_replication_slots(conn: &mut PgConnection, name: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let _ = sqlx::query(

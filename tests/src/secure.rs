@@ -250,35 +250,9 @@ impl SecuredDb {
 
 impl Drop for SecuredDb {
     fn drop(&mut self) {
-        let admin = self.admin.clone();
-        let name = self.name.clone();
-        let roles = [
-            self.writer.name.clone(),
-            self.relay.name.clone(),
-            self.consumer.name.clone(),
-            self.migrator.name.clone(),
-        ];
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok(mut conn) = admin.connect().await {
-                    crate::drop_replication_slots(&mut conn, &name).await;
-                    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
-                    for role in roles {
-                        let _ = sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {role}"))
-                            .execute(&mut conn)
-                            .await;
-                    }
-                }
-            });
-        })
-        .join();
+        let roles = [&self.writer, &self.relay, &self.consumer, &self.migrator]
+            .map(|login| format!("DROP ROLE IF EXISTS {}", login.name))
+            .to_vec();
+        crate::drop_database(&self.admin, &self.name, roles);
     }
 }
